@@ -1,0 +1,336 @@
+// The client side of a server: TCP connections speaking connections/schema.ts, sessions, and pushes.
+// Writes go through the ConnectionManager (replicated, answered on commit); reads wait for its read
+// barrier. Identity always comes from the connection's session, never from request fields.
+import net from "node:net";
+import type { Logger } from "pino";
+import { parseConversation, wildcardToGlob } from "../schema.js";
+import type { Command, Effect } from "../store/commands.js";
+import { Queries } from "../store/queries.js";
+import { burnPasswordCheck, hashPassword, newSessionId, sessionIdFromToken, tokenFor, verifyPassword } from "./auth.js";
+import { connectionInflightMax, frameBytesMax, protocolVersion } from "./consts.js";
+import { ChatError, errorCodes, type ErrorCode } from "./errors.js";
+import { encodeFrame, LineReader } from "./framing.js";
+import type { ConnectionManager, WriteOutcome } from "./manager.js";
+import { anonymousRequestTypes, anyServerRequestTypes, Request, requestTypes, writeRequestTypes, type EventBody } from "./schema.js";
+
+type Session = { userId: number; username: string; sessionId: string };
+
+class ClientConnection {
+  clientId: string | null = null;
+  session: Session | null = null;
+  inflight = 0;
+  closed = false;
+  constructor(readonly socket: net.Socket) {}
+  send(frame: unknown): void {
+    if (!this.closed) this.socket.write(encodeFrame(frame));
+  }
+}
+
+export class ClientService {
+  private server: net.Server | undefined;
+  private readonly connections = new Set<ClientConnection>();
+  private readonly online = new Map<number, Set<ClientConnection>>();
+  private readonly queries: Queries;
+  private lastTs = 0;
+
+  constructor(
+    private readonly manager: ConnectionManager,
+    private readonly secret: string,
+    private readonly logger: Logger,
+  ) {
+    this.queries = new Queries(manager.store.db);
+  }
+
+  async listen(host: string, port: number): Promise<number> {
+    this.server = net.createServer((socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once("error", reject);
+      this.server!.listen(port, host, () => resolve());
+    });
+    return (this.server.address() as net.AddressInfo).port;
+  }
+
+  close(): void {
+    this.server?.close();
+    this.dropAll();
+  }
+
+  /** The server stopped being primary: close every connection so clients fail over and retry. */
+  dropAll(): void {
+    for (const connection of this.connections) {
+      connection.closed = true;
+      connection.socket.destroy();
+    }
+    this.connections.clear();
+    this.online.clear();
+  }
+
+  /** Pushes the events of committed entries to the online sessions they concern. */
+  push(committed: { index: number; effects: Effect[] }[]): void {
+    if (this.online.size === 0) return;
+    for (const { index, effects } of committed) {
+      for (const effect of effects) {
+        const users = "users" in effect.audience ? effect.audience.users : this.channelMembers(effect.audience.channelId);
+        for (const userId of users) {
+          for (const connection of this.online.get(userId) ?? []) this.sendEvent(connection, index, effect.event);
+        }
+      }
+    }
+  }
+
+  private channelMembers(channelId: number): number[] {
+    const rows = this.manager.store.db.prepare("SELECT user_id FROM memberships WHERE channel_id = ?").all(channelId) as { user_id: number }[];
+    return rows.map((row) => row.user_id);
+  }
+
+  private sendEvent(connection: ClientConnection, seq: number, event: EventBody): void {
+    connection.send({ v: protocolVersion, type: "event", seq, event });
+  }
+
+  // ---- connections -------------------------------------------------------------
+
+  private accept(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    const connection = new ClientConnection(socket);
+    this.connections.add(connection);
+    const reader = new LineReader(frameBytesMax, {
+      onFrame: (line) => void this.onFrame(connection, line),
+      onOversize: () => {
+        this.sendError(connection, 0, errorCodes.FRAME_TOO_LARGE, `frame larger than ${frameBytesMax} bytes; closing`);
+        connection.socket.end();
+        connection.closed = true;
+      },
+    });
+    socket.on("data", (data) => reader.push(data));
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      connection.closed = true;
+      this.connections.delete(connection);
+      this.detachSession(connection);
+    });
+  }
+
+  private sendError(connection: ClientConnection, id: number, code: ErrorCode, message: string, withHint = false): void {
+    const frame: Record<string, unknown> = { v: protocolVersion, type: "error", id, code, message };
+    if (withHint) {
+      const primary = this.manager.primaryHint();
+      if (primary) frame.primary = primary;
+    }
+    connection.send(frame);
+  }
+
+  private async onFrame(connection: ClientConnection, line: string): Promise<void> {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line);
+    } catch {
+      return this.sendError(connection, 0, errorCodes.BAD_JSON, "frame is not valid JSON");
+    }
+    const id = typeof raw === "object" && raw !== null && Number.isSafeInteger((raw as { id?: unknown }).id) && (raw as { id: number }).id > 0 ? (raw as { id: number }).id : 0;
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return this.sendError(connection, id, errorCodes.BAD_REQUEST, "frame must be a JSON object");
+    const fields = raw as Record<string, unknown>;
+    if (fields.v === undefined) return this.sendError(connection, id, errorCodes.BAD_REQUEST, `missing "v" (protocol version ${protocolVersion})`);
+    if (fields.v !== protocolVersion) return this.sendError(connection, id, errorCodes.UNSUPPORTED_VERSION, `"v" must be ${protocolVersion}`);
+    if (typeof fields.type !== "string" || !requestTypes.includes(fields.type as Request["type"])) {
+      return this.sendError(connection, id, errorCodes.UNKNOWN_TYPE, `unknown request type ${JSON.stringify(fields.type)}`);
+    }
+    const parsed = Request.safeParse(raw);
+    if (!parsed.success) {
+      const problems = parsed.error.issues.slice(0, 5).map((issue) => `${issue.path.join(".") || "(request)"}: ${issue.message}`);
+      return this.sendError(connection, id, errorCodes.BAD_REQUEST, problems.join("; "));
+    }
+    if (connection.inflight >= connectionInflightMax) {
+      return this.sendError(connection, id, errorCodes.OVERLOADED, `more than ${connectionInflightMax} requests in flight`);
+    }
+    connection.inflight += 1;
+    try {
+      const data = await this.handle(connection, parsed.data);
+      connection.send({ v: protocolVersion, type: "ok", id: parsed.data.id, data });
+    } catch (error) {
+      if (error instanceof ChatError) this.sendError(connection, parsed.data.id, error.code, error.message, error.code === errorCodes.NOT_PRIMARY);
+      else {
+        this.logger.error({ err: error, type: parsed.data.type }, "request failed");
+        this.sendError(connection, parsed.data.id, errorCodes.INTERNAL, "internal error");
+      }
+    } finally {
+      connection.inflight -= 1;
+    }
+  }
+
+  // ---- dispatch ----------------------------------------------------------------
+
+  private async handle(connection: ClientConnection, request: Request): Promise<Record<string, unknown>> {
+    if (!anyServerRequestTypes.has(request.type) && !this.manager.canAcceptWrites()) {
+      throw new ChatError(errorCodes.NOT_PRIMARY, `server ${this.manager.self.id} is not the primary`);
+    }
+    if (!anonymousRequestTypes.has(request.type) && !connection.session) {
+      throw new ChatError(errorCodes.NOT_LOGGED_IN, "log in first");
+    }
+    const session = connection.session!;
+    switch (request.type) {
+      case "hello":
+        connection.clientId = request.clientId;
+        return { ...this.manager.status(), protocol: protocolVersion };
+      case "ping":
+        return { ...this.manager.status() };
+      case "register":
+        return this.register(connection, request);
+      case "login":
+        return this.login(connection, request);
+      case "auth":
+        return this.auth(connection, request.token);
+      case "logout": {
+        await this.write(connection, request.id, { op: "logout", actor: session.userId, sessionId: session.sessionId });
+        this.detachSession(connection);
+        return {};
+      }
+      case "delete_account":
+        return this.deleteAccount(connection, session, request.password, request.id);
+      case "send_dm": {
+        const recipient = this.queries.userByName(request.to);
+        const delivered = recipient !== undefined && (this.online.get(recipient.id)?.size ?? 0) > 0;
+        return this.write(connection, request.id, { op: "send_dm", actor: session.userId, to: request.to, body: request.body, ts: this.now(), delivered });
+      }
+      case "read_undelivered":
+        return this.write(connection, request.id, { op: "read_undelivered", actor: session.userId, limit: request.limit });
+      case "delete_message":
+        return this.write(connection, request.id, { op: "delete_message", actor: session.userId, messageId: request.messageId });
+      case "create_channel":
+        return this.write(connection, request.id, { op: "create_channel", actor: session.userId, channel: request.channel, topic: request.topic, ts: this.now() });
+      case "join_channel":
+        return this.write(connection, request.id, { op: "join_channel", actor: session.userId, channel: request.channel });
+      case "leave_channel":
+        return this.write(connection, request.id, { op: "leave_channel", actor: session.userId, channel: request.channel });
+      case "set_topic":
+        return this.write(connection, request.id, { op: "set_topic", actor: session.userId, channel: request.channel, topic: request.topic });
+      case "delete_channel":
+        return this.write(connection, request.id, { op: "delete_channel", actor: session.userId, channel: request.channel });
+      case "post":
+        return this.write(connection, request.id, { op: "post", actor: session.userId, channel: request.channel, body: request.body, ts: this.now() });
+      case "mark_read":
+        return this.write(connection, request.id, { op: "mark_read", actor: session.userId, conversation: request.conversation, messageId: request.messageId });
+      case "list_users": {
+        await this.manager.readBarrier();
+        const page = this.queries.listUsers(request.pattern, request.after, request.limit);
+        const users = page.names.map((name) => {
+          const user = this.queries.userByName(name);
+          return { username: name, online: user !== undefined && (this.online.get(user.id)?.size ?? 0) > 0 };
+        });
+        return { users, next: page.next };
+      }
+      case "list_channels": {
+        await this.manager.readBarrier();
+        const page = this.queries.listChannels(session.userId, wildcardToGlob(request.pattern), request.after, request.limit);
+        return { channels: page.channels, next: page.next };
+      }
+      case "history": {
+        const ref = parseConversation(request.conversation);
+        if (!ref) throw new ChatError(errorCodes.BAD_REQUEST, `conversation must be "@username" or "#channel"`);
+        await this.manager.readBarrier();
+        const result = this.queries.history(session.userId, ref, { before: request.before, after: request.after }, request.limit);
+        if ("error" in result) throw new ChatError(errorCodes[result.error], describeHistoryError(result.error, request.conversation));
+        return result;
+      }
+      case "unread":
+        await this.manager.readBarrier();
+        return this.queries.unread(session.userId);
+      case "events_since": {
+        await this.manager.readBarrier();
+        const upTo = this.manager.core.committed;
+        const result = this.queries.eventsSince(session.userId, request.afterSeq, upTo, request.limit);
+        return { events: result.events, more: result.more, upTo };
+      }
+    }
+  }
+
+  /** Proposes a write and answers with its response, or throws its error. */
+  private async write(connection: ClientConnection, requestId: number, command: Command): Promise<Record<string, unknown>> {
+    const outcome: WriteOutcome = await this.manager.submitWrite(connection.clientId, connection.clientId ? requestId : null, command);
+    if (!outcome.ok) throw new ChatError(outcome.code as ErrorCode, outcome.message);
+    return outcome.data;
+  }
+
+  private now(): number {
+    // Timestamps never go backwards, even if the wall clock does.
+    this.lastTs = Math.max(this.lastTs, Date.now());
+    return this.lastTs;
+  }
+
+  // ---- accounts ----------------------------------------------------------------
+
+  private async register(connection: ClientConnection, request: Extract<Request, { type: "register" }>): Promise<Record<string, unknown>> {
+    if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
+    const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
+    if (!previous && this.queries.userByName(request.username)) throw new ChatError(errorCodes.NAME_TAKEN, `username ${request.username} is taken`);
+    const { salt, hash } = await hashPassword(request.password);
+    const sessionId = newSessionId();
+    const data = await this.write(connection, request.id, { op: "register", username: request.username, salt, hash, sessionId, ts: this.now() });
+    return this.startSession(connection, data);
+  }
+
+  private async login(connection: ClientConnection, request: Extract<Request, { type: "login" }>): Promise<Record<string, unknown>> {
+    if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
+    // A retried login returns the session it created the first time.
+    const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
+    const user = this.queries.userByName(request.username);
+    if (!previous) {
+      if (!user) {
+        await burnPasswordCheck(request.password);
+        throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
+      }
+      if (!(await verifyPassword(request.password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
+    }
+    const data = await this.write(connection, request.id, { op: "login", userId: user?.id ?? 0, sessionId: newSessionId(), ts: this.now() });
+    return this.startSession(connection, data);
+  }
+
+  private async auth(connection: ClientConnection, token: string): Promise<Record<string, unknown>> {
+    const sessionId = sessionIdFromToken(token, this.secret);
+    await this.manager.readBarrier();
+    const found = sessionId ? this.queries.session(sessionId) : undefined;
+    if (!sessionId || !found) throw new ChatError(errorCodes.BAD_SESSION, "session token is not valid (expired, logged out or forged)");
+    return this.startSession(connection, { username: found.username, sessionId });
+  }
+
+  private async startSession(connection: ClientConnection, data: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const sessionId = data.sessionId as string;
+    const found = this.queries.session(sessionId);
+    if (!found) throw new ChatError(errorCodes.BAD_SESSION, "session ended before it could start");
+    this.detachSession(connection);
+    connection.session = { userId: found.userId, username: found.username, sessionId };
+    let sessions = this.online.get(found.userId);
+    if (!sessions) this.online.set(found.userId, (sessions = new Set()));
+    sessions.add(connection);
+    const { sessionId: _hidden, ...rest } = data;
+    void _hidden;
+    // Pushes start with the entry after `seq`; events_since(seq) fills any gap a reconnect left.
+    return { ...rest, username: found.username, token: tokenFor(sessionId, this.secret), unread: this.queries.unread(found.userId), seq: this.manager.core.committed };
+  }
+
+  private async deleteAccount(connection: ClientConnection, session: Session, password: string, requestId: number): Promise<Record<string, unknown>> {
+    const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, requestId) : undefined;
+    if (!previous) {
+      const user = this.queries.userByName(session.username);
+      if (!user || !(await verifyPassword(password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong password");
+    }
+    const data = await this.write(connection, requestId, { op: "delete_account", actor: session.userId, ts: this.now() });
+    // Every session of the account ends, on every connection.
+    for (const other of [...(this.online.get(session.userId) ?? [])]) this.detachSession(other);
+    return data;
+  }
+
+  private detachSession(connection: ClientConnection): void {
+    const session = connection.session;
+    if (!session) return;
+    connection.session = null;
+    const sessions = this.online.get(session.userId);
+    sessions?.delete(connection);
+    if (sessions && sessions.size === 0) this.online.delete(session.userId);
+  }
+}
+
+function describeHistoryError(error: "UNKNOWN_CHANNEL" | "NOT_MEMBER" | "UNKNOWN_USER", conversation: string): string {
+  if (error === "UNKNOWN_CHANNEL") return `no channel ${conversation}`;
+  if (error === "NOT_MEMBER") return `join ${conversation} to read its history`;
+  return `no user named ${conversation.slice(1)}`;
+}

@@ -1,0 +1,122 @@
+// Every bound, timeout and default of Chat+ lives here, units last in the name.
+// The machine list can be overridden by a zod-validated config file (see loadClusterConfig).
+import { readFileSync } from "node:fs";
+import { z } from "zod";
+
+export const protocolVersion = 1;
+
+// ---- framing -------------------------------------------------------------
+/** Largest client frame (one JSON line, newline excluded). Larger frames get CHAT_ERR_FRAME_TOO_LARGE and the connection closes. */
+export const frameBytesMax = 64 * 1024;
+/** Largest peer frame; a replication batch or a catch-up chunk must fit. */
+export const peerFrameBytesMax = 32 * 1024 * 1024;
+
+// ---- chat limits ---------------------------------------------------------
+export const usernameLengthMin = 2;
+export const usernameLengthMax = 32;
+export const passwordLengthMin = 8;
+export const passwordLengthMax = 256;
+export const messageLengthMax = 4000;
+export const channelNameLengthMax = 32;
+export const topicLengthMax = 200;
+export const pageSizeDefault = 50;
+export const pageSizeMax = 500;
+export const defaultChannels: readonly string[] = ["general", "random"];
+/** scrypt cost; 2^14 is the Node default and OWASP's floor for scrypt. */
+export const scryptCost = 16384;
+export const scryptKeyBytes = 32;
+export const saltBytes = 16;
+export const sessionTokenBytes = 32;
+
+// ---- idempotency ---------------------------------------------------------
+/** Per client id, responses are kept for the last dedupWindow request ids. A client must not have more writes than this in flight. */
+export const dedupWindow = 1024;
+/** Requests a single connection may have outstanding before the server answers CHAT_ERR_OVERLOADED. */
+export const connectionInflightMax = 1024;
+
+// ---- replication ---------------------------------------------------------
+export const tickIntervalMs = 10;
+export const heartbeatIntervalMs = 40;
+/** No message from a peer for this long: the peer is considered failed. */
+export const peerTimeoutMs = 300;
+/** A tick that fires this late means the process was frozen; it must treat itself as restarted. Must stay below peerTimeoutMs. */
+export const freezeDetectMs = 150;
+/** A primary may serve reads until this long after the last heartbeat round every in-sync backup acknowledged. Must stay below peerTimeoutMs. */
+export const leaseMs = 200;
+export const peerDialBackoffMinMs = 20;
+export const peerDialBackoffMaxMs = 500;
+/** Entries per append or catch-up batch. */
+export const replicationBatchEntriesMax = 2000;
+/** Appended-but-unacknowledged entries a primary keeps in flight per backup (backpressure). */
+export const replicationInflightEntriesMax = 20000;
+/** Client writes grouped into one SQLite transaction. */
+export const groupCommitRequestsMax = 512;
+/** Epoch boundaries a recovering server reports when finding where its log diverges. */
+export const takeoverWaitMs = 2000;
+export const requestTimeoutServerMs = 10000;
+
+// ---- client connector ----------------------------------------------------
+export const pingIntervalMs = 250;
+export const pingTimeoutMs = 500;
+export const requestTimeoutMs = 4000;
+export const redirectsMax = 3;
+export const retryBackoffMinMs = 25;
+export const retryBackoffMaxMs = 1000;
+/** Total time the connector keeps retrying one request before reporting CHAT_ERR_UNAVAILABLE or CHAT_ERR_OUTCOME_UNKNOWN. */
+export const retryBudgetMs = 15000;
+
+// ---- cluster -------------------------------------------------------------
+export const MachineSchema = z.object({
+  id: z.number().int().min(1).max(64),
+  host: z.string().min(1),
+  clientPort: z.number().int().min(1).max(65535),
+  peerPort: z.number().int().min(1).max(65535),
+});
+export type Machine = z.infer<typeof MachineSchema>;
+
+export const ClusterConfigSchema = z
+  .object({
+    machines: z.array(MachineSchema).min(1).max(16),
+    /** Members of the very first in-sync set, for a brand-new cluster; default: every machine. Servers listed but not here join later. */
+    initialMembers: z.array(z.number().int()).min(1).optional(),
+    /** Shared secret for the peer HMAC challenge. */
+    clusterSecret: z.string().min(8).default("chat-plus-dev-secret-change-me"),
+  })
+  .superRefine((config, ctx) => {
+    const ids = new Set<number>();
+    for (const machine of config.machines) {
+      if (ids.has(machine.id)) ctx.addIssue({ code: "custom", message: `duplicate machine id ${machine.id}` });
+      ids.add(machine.id);
+    }
+    for (const id of config.initialMembers ?? []) {
+      if (!ids.has(id)) ctx.addIssue({ code: "custom", message: `initialMembers names unknown machine ${id}` });
+    }
+  });
+export type ClusterConfig = z.infer<typeof ClusterConfigSchema>;
+
+/** Default: three servers on loopback, in failover order. */
+export const defaultClusterConfig: ClusterConfig = {
+  machines: [
+    { id: 1, host: "127.0.0.1", clientPort: 7101, peerPort: 7201 },
+    { id: 2, host: "127.0.0.1", clientPort: 7102, peerPort: 7202 },
+    { id: 3, host: "127.0.0.1", clientPort: 7103, peerPort: 7203 },
+  ],
+  clusterSecret: "chat-plus-dev-secret-change-me",
+};
+
+/** Reads and validates a cluster config file; throws an Error that says what is wrong. */
+export function loadClusterConfig(path: string | undefined): ClusterConfig {
+  if (path === undefined) return defaultClusterConfig;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new Error(`cannot read cluster config ${path}: ${(error as Error).message}`);
+  }
+  const parsed = ClusterConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join(".") || "(root)"}: ${issue.message}`);
+    throw new Error(`invalid cluster config ${path}:\n  ${problems.join("\n  ")}\nSee docs/implementation.md for the format.`);
+  }
+  return parsed.data;
+}

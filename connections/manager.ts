@@ -1,0 +1,342 @@
+// ConnectionManager: the I/O shell around the replication core (core/replica.ts).
+// It owns the peer links, the tick timer and the Store, feeds the core events and carries out its
+// actions. Client requests arrive from server.ts as writes (group-committed, replicated, answered on
+// commit) and reads (answered once everything applied before them is committed, under a lease).
+import type { Logger } from "pino";
+import { Replica, type Action, type LogView } from "../core/replica.js";
+import type { PeerMessage } from "../core/messages.js";
+import type { Command, ConfigCommand, Effect, LogEntry } from "../store/commands.js";
+import type { Store } from "../store/store.js";
+import { monotonicMs } from "../utils.js";
+import {
+  dedupWindow,
+  defaultChannels,
+  freezeDetectMs,
+  groupCommitRequestsMax,
+  heartbeatIntervalMs,
+  leaseMs,
+  peerTimeoutMs,
+  replicationBatchEntriesMax,
+  replicationInflightEntriesMax,
+  takeoverWaitMs,
+  tickIntervalMs,
+  type ClusterConfig,
+  type Machine,
+} from "./consts.js";
+import { ChatError, errorCodes } from "./errors.js";
+import { PeerLinks } from "./peer.js";
+import type { ServerStatus } from "./schema.js";
+
+export type WriteOutcome = { ok: true; index: number; data: Record<string, unknown> } | { ok: false; code: string; message: string };
+
+export type ManagerEvents = {
+  /** Entries this server proposed are committed: push their events. */
+  onCommitted: (committed: { index: number; effects: Effect[] }[]) => void;
+  /** This server stopped being a serving primary (stepped down or was frozen): drop its clients. */
+  onLostPrimacy: (reason: string) => void;
+};
+
+type PendingWrite = { index: number; data: Record<string, unknown>; effects: Effect[]; resolve: (outcome: WriteOutcome) => void };
+type QueuedWrite = { clientId: string | null; requestId: number | null; command: Command; resolve: (outcome: WriteOutcome) => void };
+type PendingRead = { index: number; resolve: () => void; reject: (error: ChatError) => void };
+
+/** LogView over the Store with a cache of recent entries, so replication rarely re-reads SQLite. */
+class CachedLog implements LogView {
+  private readonly cache = new Map<number, LogEntry>();
+  constructor(private readonly store: Store) {}
+  get lastIndex() {
+    return this.store.lastIndex;
+  }
+  get lastEpoch() {
+    return this.store.lastEpoch;
+  }
+  remember(entries: LogEntry[]): void {
+    for (const entry of entries) this.cache.set(entry.index, entry);
+    const oldest = this.store.lastIndex - replicationInflightEntriesMax * 2;
+    if (this.cache.size > replicationInflightEntriesMax * 2) for (const index of this.cache.keys()) if (index < oldest) this.cache.delete(index);
+  }
+  forget(): void {
+    this.cache.clear();
+  }
+  epochAt(index: number): number {
+    return this.cache.get(index)?.epoch ?? this.store.epochAt(index);
+  }
+  entries(from: number, to: number): LogEntry[] {
+    const result: LogEntry[] = [];
+    for (let index = from; index <= to; index += 1) {
+      const entry = this.cache.get(index);
+      if (!entry) return this.store.entries(from, to);
+      result.push(entry);
+    }
+    return result;
+  }
+  lastIndexAtOrBeforeEpoch(epoch: number): number {
+    return this.store.lastIndexAtOrBeforeEpoch(epoch);
+  }
+  lastConfig() {
+    return this.store.lastConfig();
+  }
+}
+
+export class ConnectionManager {
+  readonly core: Replica;
+  private readonly links: PeerLinks;
+  private readonly log: CachedLog;
+  private ticker: NodeJS.Timeout | undefined;
+  private queue: QueuedWrite[] = [];
+  private flushScheduled = false;
+  private pendingWrites: PendingWrite[] = [];
+  private pendingReads: PendingRead[] = [];
+  private readonly waitingDedup: { index: number; data: Record<string, unknown>; resolve: (outcome: WriteOutcome) => void }[] = [];
+  private stopped = false;
+  private wasServing = false;
+
+  constructor(
+    readonly self: Machine,
+    readonly cluster: ClusterConfig,
+    readonly store: Store,
+    private readonly events: ManagerEvents,
+    private readonly logger: Logger,
+  ) {
+    this.log = new CachedLog(store);
+    const order = cluster.machines.map((machine) => machine.id);
+    this.core = new Replica({
+      id: self.id,
+      order,
+      initialMembers: cluster.initialMembers ?? order,
+      log: this.log,
+      promisedEpoch: Number(store.getMeta("promised_epoch") ?? "0"),
+      timing: {
+        heartbeatIntervalMs,
+        peerTimeoutMs,
+        freezeDetectMs,
+        leaseMs,
+        takeoverWaitMs,
+        batchEntriesMax: replicationBatchEntriesMax,
+        inflightEntriesMax: replicationInflightEntriesMax,
+      },
+      random: Math.random,
+      now: monotonicMs(),
+    });
+    this.links = new PeerLinks(self, cluster.machines, cluster.clusterSecret, {
+      onUp: (peer) => this.execute(this.core.onPeerUp(peer, monotonicMs())),
+      onDown: (peer) => this.execute(this.core.onPeerDown(peer, monotonicMs())),
+      onMessage: (peer, message) => this.execute(this.core.onMessage(peer, message, monotonicMs())),
+    }, logger.child({ component: "peer" }));
+  }
+
+  async start(): Promise<void> {
+    await this.links.listen();
+    this.ticker = setInterval(() => {
+      this.execute(this.core.tick(monotonicMs()));
+      this.releaseReads();
+    }, tickIntervalMs);
+    this.execute(this.core.tick(monotonicMs()));
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.ticker) clearInterval(this.ticker);
+    this.links.close();
+  }
+
+  status(): ServerStatus {
+    const role = this.core.currentRole;
+    return {
+      serverId: this.self.id,
+      role: role === "primary" && this.core.canAcceptWrites() ? "primary" : role === "backup" ? "backup" : "recovering",
+      epoch: this.core.epoch,
+      primaryId: this.core.knownPrimary(),
+      commitIndex: this.core.committed,
+    };
+  }
+
+  /** The primary this server knows, for NOT_PRIMARY hints. */
+  primaryHint(): { id: number; host: string; clientPort: number } | undefined {
+    const id = this.core.knownPrimary();
+    const machine = this.cluster.machines.find((candidate) => candidate.id === id);
+    return machine ? { id: machine.id, host: machine.host, clientPort: machine.clientPort } : undefined;
+  }
+
+  canAcceptWrites(): boolean {
+    this.execute(this.core.observe(monotonicMs()));
+    return this.core.canAcceptWrites();
+  }
+
+  /**
+   * Proposes a write. Resolves once it is committed (on every in-sync server, fsynced) with the
+   * response, or at once with an error that changed nothing. A retry of a request already in the
+   * log resolves with the original response.
+   */
+  submitWrite(clientId: string | null, requestId: number | null, command: Command): Promise<WriteOutcome> {
+    if (!this.canAcceptWrites()) return Promise.resolve(this.notPrimary());
+    if (clientId !== null && requestId !== null) {
+      const previous = this.store.dedupLookup(clientId, requestId);
+      if (previous) {
+        if (previous.logIndex <= this.core.committed) return Promise.resolve({ ok: true, index: previous.logIndex, data: previous.data });
+        return new Promise((resolve) => this.waitingDedup.push({ index: previous.logIndex, data: previous.data, resolve }));
+      }
+      const queued = this.queue.find((item) => item.clientId === clientId && item.requestId === requestId);
+      if (queued) {
+        return new Promise((resolve) => {
+          const first = queued.resolve;
+          queued.resolve = (outcome) => {
+            first(outcome);
+            resolve(outcome);
+          };
+        });
+      }
+    }
+    return new Promise((resolve) => {
+      this.queue.push({ clientId, requestId, command, resolve });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Resolves when every entry applied so far is committed and this server holds the read lease. */
+  readBarrier(): Promise<void> {
+    if (!this.core.canServeReads(monotonicMs())) {
+      if (!this.canAcceptWrites()) return Promise.reject(this.notPrimaryError());
+    }
+    const index = this.store.lastIndex;
+    if (index <= this.core.committed && this.core.canServeReads(monotonicMs())) return Promise.resolve();
+    return new Promise((resolve, reject) => this.pendingReads.push({ index, resolve, reject }));
+  }
+
+  private notPrimary(): WriteOutcome {
+    return { ok: false, code: errorCodes.NOT_PRIMARY, message: `server ${this.self.id} is not the primary` };
+  }
+
+  private notPrimaryError(): ChatError {
+    return new ChatError(errorCodes.NOT_PRIMARY, `server ${this.self.id} is not the primary`);
+  }
+
+  // ---- group commit --------------------------------------------------------
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.queue.length === 0 || this.stopped) return;
+    if (!this.canAcceptWrites()) {
+      for (const item of this.queue.splice(0)) item.resolve(this.notPrimary());
+      return;
+    }
+    const batch = this.queue.splice(0, groupCommitRequestsMax);
+    if (this.queue.length > 0) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+    this.propose(batch);
+  }
+
+  private propose(batch: QueuedWrite[]): void {
+    const proposals = this.store.proposeBatch(
+      this.core.epoch,
+      batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command, dedupWindow })),
+      (entries) => {
+        // Ship to the backups while our own fsync runs: the commit below is what makes us durable.
+        this.log.remember(entries);
+        this.execute(this.core.onLocalProposed(entries, monotonicMs()));
+      },
+    );
+    for (const [position, proposal] of proposals.entries()) {
+      const item = batch[position];
+      if (!proposal.result.ok) item.resolve({ ok: false, code: proposal.result.code, message: proposal.result.message });
+      else this.pendingWrites.push({ index: proposal.entry.index, data: proposal.result.data, effects: proposal.result.effects, resolve: item.resolve });
+    }
+    this.execute(this.core.onLocalPersisted(this.store.lastIndex, monotonicMs()));
+  }
+
+  // ---- carrying out the core's actions ---------------------------------------
+
+  private execute(actions: Action[]): void {
+    for (const action of actions) {
+      switch (action.type) {
+        case "send":
+          this.links.send(action.to, action.message as PeerMessage);
+          break;
+        case "persist": {
+          this.store.appendEntries(action.entries, dedupWindow);
+          this.log.remember(action.entries);
+          this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
+          break;
+        }
+        case "truncate":
+          this.logger.warn({ afterIndex: action.afterIndex, lastIndex: this.store.lastIndex }, "truncating unacknowledged log suffix");
+          this.log.forget();
+          this.store.truncateAfter(action.afterIndex, dedupWindow);
+          break;
+        case "promise":
+          this.store.putMeta("promised_epoch", String(action.epoch));
+          break;
+        case "propose_config":
+          this.proposeConfig(action.config);
+          break;
+        case "commit":
+          this.onCommit(action.index);
+          break;
+        case "role":
+          this.logger.info({ role: action.role, epoch: action.epoch, serving: action.serving, reason: action.reason }, "role change");
+          if (action.role === "primary" && action.serving && !this.store.hasBootstrap()) {
+            this.propose([{ clientId: null, requestId: null, command: { op: "bootstrap", channels: [...defaultChannels] }, resolve: () => {} }]);
+          }
+          if (action.role === "primary" && action.serving) this.wasServing = true;
+          else if (this.wasServing) this.loseClients(action.reason);
+          break;
+        case "frozen":
+          this.logger.warn({ gapMs: action.gapMs }, "event loop was frozen; treating this server as restarted");
+          this.loseClients(`frozen for ${action.gapMs} ms`);
+          break;
+      }
+    }
+  }
+
+  private proposeConfig(config: ConfigCommand): void {
+    this.logger.info({ epoch: this.core.epoch, members: config.members }, "proposing config");
+    this.propose([{ clientId: null, requestId: null, command: config, resolve: () => {} }]);
+  }
+
+  private onCommit(index: number): void {
+    const committed: { index: number; effects: Effect[] }[] = [];
+    let done = 0;
+    for (const pending of this.pendingWrites) {
+      if (pending.index > index) break;
+      done += 1;
+      committed.push({ index: pending.index, effects: pending.effects });
+      pending.resolve({ ok: true, index: pending.index, data: pending.data });
+    }
+    this.pendingWrites.splice(0, done);
+    for (let position = this.waitingDedup.length - 1; position >= 0; position -= 1) {
+      const waiting = this.waitingDedup[position];
+      if (waiting.index <= index) {
+        this.waitingDedup.splice(position, 1);
+        waiting.resolve({ ok: true, index: waiting.index, data: waiting.data });
+      }
+    }
+    if (committed.length > 0) this.events.onCommitted(committed);
+    this.releaseReads();
+  }
+
+  private releaseReads(): void {
+    if (this.pendingReads.length === 0) return;
+    if (!this.core.canServeReads(monotonicMs())) return;
+    const ready = this.pendingReads.filter((read) => read.index <= this.core.committed);
+    this.pendingReads = this.pendingReads.filter((read) => read.index > this.core.committed);
+    for (const read of ready) read.resolve();
+  }
+
+  /** Stepped down or frozen: nothing pending may be answered any more; clients retry elsewhere. */
+  private loseClients(reason: string): void {
+    this.wasServing = false;
+    // Close the client connections first: a write whose outcome is unknown must get no answer at all,
+    // so its client retries it (same request id) on the new primary.
+    this.events.onLostPrimacy(reason);
+    const unknown = [...this.pendingWrites.splice(0), ...this.waitingDedup.splice(0)];
+    for (const write of unknown) write.resolve({ ok: false, code: errorCodes.UNAVAILABLE, message: "primary lost before commit; outcome unknown" });
+    for (const read of this.pendingReads.splice(0)) read.reject(this.notPrimaryError());
+    for (const item of this.queue.splice(0)) item.resolve(this.notPrimary());
+    if (unknown.length > 0) this.logger.warn({ dropped: unknown.length, reason }, "dropped writes with unknown outcome");
+  }
+}

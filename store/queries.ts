@@ -1,0 +1,183 @@
+// Read-only queries over the state tables. Reads never write, so they need no log entry.
+import type Database from "better-sqlite3";
+import type { ChannelView, ChatEvent, EventBody, MessageView, UnreadSummary } from "../connections/schema.js";
+import { wildcardToGlob, type ConversationRef } from "../schema.js";
+import { dmKey } from "./apply.js";
+
+type Row = Record<string, any>;
+
+export type UserRecord = { id: number; name: string; salt: string; hash: string };
+
+export class Queries {
+  private readonly statements;
+
+  constructor(db: Database.Database) {
+    const s = (sql: string) => db.prepare(sql);
+    this.statements = {
+      userByKey: s("SELECT id, name, salt, hash FROM users WHERE name_key = ? AND deleted = 0"),
+      userById: s("SELECT id, name, deleted FROM users WHERE id = ?"),
+      session: s("SELECT s.user_id, u.name FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.session_id = ? AND u.deleted = 0"),
+      listUsers: s("SELECT name, name_key FROM users WHERE deleted = 0 AND name_key GLOB ? AND name_key > ? ORDER BY name_key LIMIT ?"),
+      channelByName: s("SELECT * FROM channels WHERE name = ?"),
+      membership: s("SELECT 1 FROM memberships WHERE channel_id = ? AND user_id = ?"),
+      listChannels: s(`
+        SELECT c.name, c.topic, u.name AS admin,
+               (SELECT count(*) FROM memberships m WHERE m.channel_id = c.id) AS members,
+               EXISTS (SELECT 1 FROM memberships m WHERE m.channel_id = c.id AND m.user_id = ?) AS joined
+        FROM channels c LEFT JOIN users u ON u.id = c.admin_id
+        WHERE c.name GLOB ? AND c.name > ? ORDER BY c.name LIMIT ?`),
+      channelHistoryBefore: s(
+        "SELECT * FROM messages WHERE channel_id = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?",
+      ),
+      channelHistoryAfter: s("SELECT * FROM messages WHERE channel_id = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
+      dmHistoryBefore: s("SELECT * FROM messages WHERE dm_key = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?"),
+      dmHistoryAfter: s("SELECT * FROM messages WHERE dm_key = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
+      userChannels: s("SELECT c.id, c.name FROM memberships m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY c.name"),
+      channelUnread: s(`
+        SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
+        WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
+      dmPartners: s(`
+        SELECT DISTINCT CASE WHEN sender_id = ? THEN recipient_id ELSE sender_id END AS other
+        FROM messages WHERE (sender_id = ? OR recipient_id = ?) AND dm_key IS NOT NULL ORDER BY other`),
+      dmUnread: s(`
+        SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
+        WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
+      marker: s("SELECT message_id FROM read_markers WHERE user_id = ? AND conv_key = ?"),
+      undeliveredCount: s("SELECT count(*) AS n FROM messages WHERE recipient_id = ? AND delivered = 0 AND deleted_seq IS NULL"),
+      eventsDm: s(`
+        SELECT * FROM messages WHERE dm_key IS NOT NULL AND (sender_id = ? OR recipient_id = ?) AND id > ? AND id <= ?
+        ORDER BY id LIMIT ?`),
+      eventsChannel: s(`
+        SELECT m.* FROM messages m JOIN memberships mm ON mm.channel_id = m.channel_id AND mm.user_id = ?
+        WHERE m.id > ? AND m.id <= ? AND m.id > mm.joined_seq ORDER BY m.id LIMIT ?`),
+      eventsDeleted: s(`
+        SELECT m.* FROM messages m LEFT JOIN memberships mm ON mm.channel_id = m.channel_id AND mm.user_id = ?
+        WHERE m.deleted_seq > ? AND m.deleted_seq <= ?
+          AND ((m.dm_key IS NOT NULL AND (m.sender_id = ? OR m.recipient_id = ?)) OR mm.user_id IS NOT NULL)
+        ORDER BY m.deleted_seq LIMIT ?`),
+      eventsNotices: s("SELECT seq, body FROM notices WHERE user_id = ? AND seq > ? AND seq <= ? ORDER BY seq, body LIMIT ?"),
+      channelName: s("SELECT name FROM channels WHERE id = ?"),
+    };
+  }
+
+  userByName(username: string): UserRecord | undefined {
+    return this.statements.userByKey.get(username.toLowerCase()) as UserRecord | undefined;
+  }
+
+  userName(id: number): string | undefined {
+    return (this.statements.userById.get(id) as Row | undefined)?.name;
+  }
+
+  session(sessionId: string): { userId: number; username: string } | undefined {
+    const row = this.statements.session.get(sessionId) as Row | undefined;
+    return row ? { userId: row.user_id, username: row.name } : undefined;
+  }
+
+  listUsers(pattern: string, after: string | undefined, limit: number): { names: string[]; next: string | null } {
+    const rows = this.statements.listUsers.all(wildcardToGlob(pattern), (after ?? "").toLowerCase(), limit + 1) as Row[];
+    const page = rows.slice(0, limit);
+    return { names: page.map((row) => row.name), next: rows.length > limit ? page[page.length - 1].name : null };
+  }
+
+  listChannels(viewer: number, pattern: string, after: string | undefined, limit: number): { channels: ChannelView[]; next: string | null } {
+    const rows = this.statements.listChannels.all(viewer, pattern, after ?? "", limit + 1) as Row[];
+    const page = rows.slice(0, limit).map((row) => ({
+      name: row.name,
+      topic: row.topic,
+      admin: row.admin ?? null,
+      members: row.members,
+      joined: row.joined === 1,
+    }));
+    return { channels: page, next: rows.length > limit ? page[page.length - 1].name : null };
+  }
+
+  /** Messages of a conversation, oldest first. Returns an error code when the viewer may not read it. */
+  history(
+    viewer: number,
+    ref: ConversationRef,
+    cursor: { before?: number; after?: number },
+    limit: number,
+  ): { messages: MessageView[] } | { error: "UNKNOWN_CHANNEL" | "NOT_MEMBER" | "UNKNOWN_USER" } {
+    let rows: Row[];
+    let conversation: string;
+    if (ref.kind === "channel") {
+      const channel = this.statements.channelByName.get(ref.channel) as Row | undefined;
+      if (!channel) return { error: "UNKNOWN_CHANNEL" };
+      if (!this.statements.membership.get(channel.id, viewer)) return { error: "NOT_MEMBER" };
+      conversation = `#${channel.name}`;
+      rows =
+        cursor.after !== undefined
+          ? (this.statements.channelHistoryAfter.all(channel.id, cursor.after, limit) as Row[])
+          : (this.statements.channelHistoryBefore.all(channel.id, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
+    } else {
+      const other = this.userByName(ref.username);
+      if (!other) return { error: "UNKNOWN_USER" };
+      conversation = `@${other.name}`;
+      const key = dmKey(viewer, other.id);
+      rows =
+        cursor.after !== undefined
+          ? (this.statements.dmHistoryAfter.all(key, cursor.after, limit) as Row[])
+          : (this.statements.dmHistoryBefore.all(key, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
+    }
+    return { messages: rows.map((row) => this.messageView(row, viewer, conversation)) };
+  }
+
+  unread(userId: number): UnreadSummary {
+    const conversations: UnreadSummary["conversations"] = [];
+    for (const channel of this.statements.userChannels.all(userId) as Row[]) {
+      const marker = (this.statements.marker.get(userId, `c:${channel.id}`) as Row | undefined)?.message_id ?? 0;
+      const row = this.statements.channelUnread.get(channel.id, marker, userId) as Row;
+      conversations.push({ conversation: `#${channel.name}`, unread: row.unread, lastMessageId: row.last });
+    }
+    for (const partner of this.statements.dmPartners.all(userId, userId, userId) as Row[]) {
+      const name = this.userName(partner.other);
+      if (name === undefined) continue;
+      const marker = (this.statements.marker.get(userId, `d:${partner.other}`) as Row | undefined)?.message_id ?? 0;
+      const row = this.statements.dmUnread.get(dmKey(userId, partner.other), marker, userId) as Row;
+      conversations.push({ conversation: `@${name}`, unread: row.unread, lastMessageId: row.last });
+    }
+    const undelivered = (this.statements.undeliveredCount.get(userId) as Row).n as number;
+    return { conversations, undelivered };
+  }
+
+  /**
+   * Every event for `userId` with afterSeq < seq <= upToSeq, oldest first, at most `limit`.
+   * `upToSeq` is the commit index: events of uncommitted entries are never shown.
+   */
+  eventsSince(userId: number, afterSeq: number, upToSeq: number, limit: number): { events: ChatEvent[]; more: boolean } {
+    const events: ChatEvent[] = [];
+    const fetch = limit + 1;
+    for (const row of this.statements.eventsDm.all(userId, userId, afterSeq, upToSeq, fetch) as Row[]) {
+      const other = row.sender_id === userId ? row.recipient_id : row.sender_id;
+      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, userId, `@${this.userName(other)}`) } });
+    }
+    for (const row of this.statements.eventsChannel.all(userId, afterSeq, upToSeq, fetch) as Row[]) {
+      const name = (this.statements.channelName.get(row.channel_id) as Row).name;
+      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, userId, `#${name}`) } });
+    }
+    for (const row of this.statements.eventsDeleted.all(userId, afterSeq, upToSeq, userId, userId, fetch) as Row[]) {
+      const conversation =
+        row.channel_id !== null
+          ? `#${(this.statements.channelName.get(row.channel_id) as Row).name}`
+          : `@${this.userName(row.sender_id === userId ? row.recipient_id : row.sender_id)}`;
+      events.push({ seq: row.deleted_seq, event: { kind: "message_deleted", conversation, messageId: row.id } });
+    }
+    for (const row of this.statements.eventsNotices.all(userId, afterSeq, upToSeq, fetch) as Row[]) {
+      events.push({ seq: row.seq, event: JSON.parse(row.body) as EventBody });
+    }
+    events.sort((a, b) => a.seq - b.seq);
+    // Several events may share a seq (e.g. member_left then admin_changed); never split a seq across pages.
+    let cut = Math.min(limit, events.length);
+    while (cut < events.length && cut > 0 && events[cut].seq === events[cut - 1].seq) cut += 1;
+    return { events: events.slice(0, cut), more: events.length > cut };
+  }
+
+  /** A deleted message in a history page shows as nothing (filtered in SQL); a live one as a view. */
+  private messageView(row: Row, viewer: number, conversation: string): MessageView {
+    const from = this.userName(row.sender_id) ?? "?";
+    const view: MessageView = { id: row.id, conversation, from, body: row.body, ts: row.ts };
+    if (row.recipient_id !== null) view.to = this.userName(row.recipient_id) ?? "?";
+    void viewer;
+    return view;
+  }
+}

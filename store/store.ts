@@ -1,0 +1,266 @@
+// The durable log and the state it produces, in one SQLite file.
+// An entry is written to `log` and applied to the state tables in the same transaction, so a crash
+// leaves either both or neither.
+import Database from "better-sqlite3";
+import { createHash } from "node:crypto";
+import { assert } from "../connections/errors.js";
+import { StateMachine } from "./apply.js";
+import type { ApplyResult, Command, ConfigCommand, Effect, LogEntry } from "./commands.js";
+import { logTablesSql, stateTableNames, stateTablesSql } from "./tables.js";
+
+export type Durability = "full" | "normal";
+
+/** Result of applying one proposed command on the primary. */
+export type Proposal = { entry: LogEntry; result: ApplyResult };
+
+export class Store {
+  readonly db: Database.Database;
+  readonly machine: StateMachine;
+  private readonly statements;
+  private last: { index: number; epoch: number };
+
+  constructor(path: string, durability: Durability = "full") {
+    this.db = new Database(path);
+    this.db.pragma("journal_mode = WAL");
+    // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
+    // process crash. "normal" exists only as an explicit, documented benchmark option.
+    this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
+    this.db.pragma("foreign_keys = OFF");
+    this.db.exec(logTablesSql);
+    this.db.exec(stateTablesSql);
+    this.machine = new StateMachine(this.db);
+    const s = (sql: string) => this.db.prepare(sql);
+    this.statements = {
+      insertEntry: s("INSERT INTO log (idx, epoch, kind, client_id, request_id, body) VALUES (?, ?, ?, ?, ?, ?)"),
+      entry: s("SELECT * FROM log WHERE idx = ?"),
+      range: s("SELECT * FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx"),
+      lastEntry: s("SELECT idx, epoch FROM log ORDER BY idx DESC LIMIT 1"),
+      lastConfig: s("SELECT * FROM log WHERE kind = 'config' ORDER BY idx DESC LIMIT 1"),
+      hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' LIMIT 1"),
+      deleteAfter: s("DELETE FROM log WHERE idx > ?"),
+      lastIndexAtOrBeforeEpoch: s("SELECT max(idx) AS idx FROM log WHERE epoch <= ?"),
+      dedupGet: s("SELECT log_idx, response FROM dedup WHERE client_id = ? AND request_id = ?"),
+      dedupPut: s("INSERT INTO dedup (client_id, request_id, log_idx, response) VALUES (?, ?, ?, ?)"),
+      dedupPrune: s("DELETE FROM dedup WHERE client_id = ? AND request_id <= ?"),
+      metaGet: s("SELECT value FROM meta WHERE key = ?"),
+      metaPut: s("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+    };
+    const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
+    this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
+  }
+
+  get lastIndex(): number {
+    return this.last.index;
+  }
+  get lastEpoch(): number {
+    return this.last.epoch;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  // ---- primary path ----------------------------------------------------------
+
+  /**
+   * Applies commands as new entries starting at lastIndex + 1, all in one transaction (group commit).
+   * A command that fails leaves no trace: its savepoint is rolled back and it gets no log index.
+   * `beforeCommit` runs inside the transaction once the entries are known, so the caller can ship
+   * them to the backups while this server's own fsync runs.
+   */
+  proposeBatch(
+    epoch: number,
+    commands: { clientId: string | null; requestId: number | null; command: Command; dedupWindow: number }[],
+    beforeCommit: (entries: LogEntry[]) => void = () => {},
+  ): Proposal[] {
+    const proposals: Proposal[] = [];
+    const run = this.db.transaction(() => {
+      let next = this.last.index + 1;
+      for (const item of commands) {
+        this.db.exec("SAVEPOINT command");
+        const entry: LogEntry = { index: next, epoch, clientId: item.clientId, requestId: item.requestId, command: item.command };
+        const result = this.machine.apply(next, item.command);
+        if (!result.ok) {
+          this.db.exec("ROLLBACK TO command");
+          this.db.exec("RELEASE command");
+          proposals.push({ entry: { ...entry, index: 0 }, result });
+          continue;
+        }
+        this.writeEntry(entry, result, item.dedupWindow);
+        this.db.exec("RELEASE command");
+        proposals.push({ entry, result });
+        next += 1;
+      }
+      beforeCommit(proposals.filter((p) => p.result.ok).map((p) => p.entry));
+    });
+    const before = this.last;
+    try {
+      run.immediate();
+    } catch (error) {
+      this.last = before;
+      throw error;
+    }
+    return proposals;
+  }
+
+  // ---- backup path -------------------------------------------------------------
+
+  /** Appends entries received from the primary and applies them, in one transaction. */
+  appendEntries(entries: LogEntry[], dedupWindow: number): Effect[][] {
+    const effects: Effect[][] = [];
+    const run = this.db.transaction(() => {
+      for (const entry of entries) {
+        const result = this.machine.apply(entry.index, entry.command);
+        // The primary applied this exact command at this exact state; anything else is divergence.
+        assert(result.ok, `entry ${entry.index} (${entry.command.op}) failed on replay: ${!result.ok && result.message}`);
+        this.writeEntry(entry, result, dedupWindow);
+        effects.push(result.effects);
+      }
+    });
+    const before = this.last;
+    try {
+      run.immediate();
+    } catch (error) {
+      this.last = before;
+      throw error;
+    }
+    return effects;
+  }
+
+  private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }, dedupWindow: number): void {
+    assert(entry.index === this.last.index + 1, `log index ${entry.index} follows ${this.last.index}`);
+    assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
+    const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
+    this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command));
+    if (entry.clientId !== null && entry.requestId !== null) {
+      this.statements.dedupPut.run(entry.clientId, entry.requestId, entry.index, JSON.stringify(result.data));
+      this.statements.dedupPrune.run(entry.clientId, entry.requestId - dedupWindow);
+    }
+    this.last = { index: entry.index, epoch: entry.epoch };
+  }
+
+  // ---- reading the log -------------------------------------------------------
+
+  entry(index: number): LogEntry | undefined {
+    const row = this.statements.entry.get(index) as LogRow | undefined;
+    return row ? rowToEntry(row) : undefined;
+  }
+
+  entries(from: number, to: number): LogEntry[] {
+    return (this.statements.range.all(from, to) as LogRow[]).map(rowToEntry);
+  }
+
+  epochAt(index: number): number {
+    if (index === 0) return 0;
+    const entry = this.entry(index);
+    assert(entry, `entry ${index} exists`);
+    return entry.epoch;
+  }
+
+  /** The last index whose epoch is <= epoch (for finding where a recovering log diverges). */
+  lastIndexAtOrBeforeEpoch(epoch: number): number {
+    const row = this.statements.lastIndexAtOrBeforeEpoch.get(epoch) as { idx: number | null };
+    return row.idx ?? 0;
+  }
+
+  lastConfig(): { index: number; epoch: number; config: ConfigCommand } | undefined {
+    const row = this.statements.lastConfig.get() as LogRow | undefined;
+    if (!row) return undefined;
+    const entry = rowToEntry(row);
+    assert(entry.command.op === "config", "config row holds a config command");
+    return { index: entry.index, epoch: entry.epoch, config: entry.command };
+  }
+
+  hasBootstrap(): boolean {
+    return this.statements.hasBootstrap.get() !== undefined;
+  }
+
+  dedupLookup(clientId: string, requestId: number): { logIndex: number; data: Record<string, unknown> } | undefined {
+    const row = this.statements.dedupGet.get(clientId, requestId) as { log_idx: number; response: string } | undefined;
+    return row ? { logIndex: row.log_idx, data: JSON.parse(row.response) } : undefined;
+  }
+
+  // ---- recovery --------------------------------------------------------------
+
+  /**
+   * Drops every entry after `index` and rebuilds the state tables by replaying the log up to it.
+   * Only a recovering server does this, for entries that were never acknowledged.
+   */
+  truncateAfter(index: number, dedupWindow: number): void {
+    assert(index >= 0 && index <= this.last.index, `truncate point ${index} within log`);
+    if (index === this.last.index) return;
+    const kept = this.entries(1, index);
+    this.db.transaction(() => {
+      for (const table of stateTableNames) this.db.exec(`DELETE FROM ${table}`);
+      this.statements.deleteAfter.run(index);
+      this.last = { index: 0, epoch: 0 };
+      // Rewrite the kept entries through the normal path so dedup and state match a live server.
+      this.db.exec("DELETE FROM log");
+      for (const entry of kept) {
+        const result = this.machine.apply(entry.index, entry.command);
+        assert(result.ok, `replay of entry ${entry.index} succeeds`);
+        this.writeEntry(entry, result, dedupWindow);
+      }
+    }).immediate();
+  }
+
+  // ---- meta (per server, not replicated) -------------------------------------
+
+  getMeta(key: string): string | undefined {
+    return (this.statements.metaGet.get(key) as { value: string } | undefined)?.value;
+  }
+
+  /** Durable before it returns (synchronous=FULL). */
+  putMeta(key: string, value: string): void {
+    this.statements.metaPut.run(key, value);
+  }
+
+  // ---- digests -----------------------------------------------------------------
+
+  /** SHA-256 over every replicated state table, rows in primary-key order. */
+  stateDigest(): string {
+    const hash = createHash("sha256");
+    for (const table of stateTableNames) {
+      hash.update(`table ${table}\n`);
+      const columns = (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[])
+        .filter((column) => column.pk > 0)
+        .sort((a, b) => a.pk - b.pk)
+        .map((column) => column.name);
+      const order = columns.length > 0 ? columns.join(", ") : "rowid";
+      for (const row of this.db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).iterate()) {
+        hash.update(JSON.stringify(row));
+        hash.update("\n");
+      }
+    }
+    return hash.digest("hex");
+  }
+
+  /** SHA-256 over log entries 1..upTo. */
+  logDigest(upTo = this.last.index): string {
+    const hash = createHash("sha256");
+    for (const row of this.db.prepare("SELECT idx, epoch, kind, client_id, request_id, body FROM log WHERE idx <= ? ORDER BY idx").iterate(upTo)) {
+      hash.update(JSON.stringify(row));
+      hash.update("\n");
+    }
+    return hash.digest("hex");
+  }
+}
+
+type LogRow = { idx: number; epoch: number; kind: string; client_id: string | null; request_id: number | null; body: string };
+
+function rowToEntry(row: LogRow): LogEntry {
+  const command = JSON.parse(row.body) as Command;
+  // Check data read back before trusting it.
+  assert(typeof command === "object" && command !== null && typeof command.op === "string", `log entry ${row.idx} holds a command`);
+  return { index: row.idx, epoch: row.epoch, clientId: row.client_id, requestId: row.request_id, command };
+}
+
+/** Rebuilds a fresh database from the log alone, applying every entry in order. */
+export function replayInto(target: Store, entries: Iterable<LogEntry>, dedupWindow: number): void {
+  const batch: LogEntry[] = [];
+  for (const entry of entries) {
+    batch.push(entry);
+    if (batch.length >= 1000) target.appendEntries(batch.splice(0), dedupWindow);
+  }
+  if (batch.length > 0) target.appendEntries(batch, dedupWindow);
+}

@@ -1,0 +1,95 @@
+// Table definitions. `log` and `meta` belong to this server; every other table is replicated state,
+// rebuilt exactly by replaying the log (see Store.stateDigest and tests/replay.test.ts).
+
+export const logTablesSql = `
+CREATE TABLE IF NOT EXISTS log (
+  idx        INTEGER PRIMARY KEY,
+  epoch      INTEGER NOT NULL,
+  kind       TEXT    NOT NULL,          -- 'config', 'bootstrap' or 'command'
+  client_id  TEXT,
+  request_id INTEGER,
+  body       TEXT    NOT NULL           -- the command as JSON
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS log_kind ON log(kind, idx) WHERE kind != 'command';
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+`;
+
+/** Replicated state tables, in the order the digest reads them. */
+export const stateTableNames = [
+  "users",
+  "sessions",
+  "channels",
+  "memberships",
+  "messages",
+  "read_markers",
+  "notices",
+  "dedup",
+] as const;
+
+export const stateTablesSql = `
+CREATE TABLE IF NOT EXISTS users (
+  id          INTEGER PRIMARY KEY,      -- log index of the registration
+  name        TEXT    NOT NULL,
+  name_key    TEXT    NOT NULL,         -- lower-cased name: names are unique ignoring case
+  salt        TEXT    NOT NULL,
+  hash        TEXT    NOT NULL,
+  created_ts  INTEGER NOT NULL,
+  deleted     INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS users_live_name ON users(name_key) WHERE deleted = 0;
+CREATE TABLE IF NOT EXISTS sessions (
+  session_id  TEXT    PRIMARY KEY,
+  user_id     INTEGER NOT NULL,
+  created_ts  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_id);
+CREATE TABLE IF NOT EXISTS channels (
+  id          INTEGER PRIMARY KEY,      -- log index of the creation
+  name        TEXT    NOT NULL UNIQUE,
+  topic       TEXT    NOT NULL,
+  admin_id    INTEGER,                  -- null for default channels
+  is_default  INTEGER NOT NULL,
+  created_ts  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS memberships (
+  channel_id  INTEGER NOT NULL,
+  user_id     INTEGER NOT NULL,
+  joined_seq  INTEGER NOT NULL,
+  PRIMARY KEY (channel_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS memberships_user ON memberships(user_id, channel_id);
+CREATE TABLE IF NOT EXISTS messages (
+  id           INTEGER PRIMARY KEY,     -- log index of the send; also the event seq
+  channel_id   INTEGER,                 -- set for channel posts
+  dm_key       TEXT,                    -- 'low:high' user ids, set for direct messages
+  sender_id    INTEGER NOT NULL,
+  recipient_id INTEGER,                 -- set for direct messages
+  body         TEXT    NOT NULL,
+  ts           INTEGER NOT NULL,
+  delivered    INTEGER NOT NULL,        -- DMs: pushed at send time or fetched with read_undelivered
+  deleted_seq  INTEGER                  -- log index of the deletion
+);
+CREATE INDEX IF NOT EXISTS messages_channel ON messages(channel_id, id) WHERE channel_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_dm ON messages(dm_key, id) WHERE dm_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_undelivered ON messages(recipient_id, id) WHERE delivered = 0;
+CREATE INDEX IF NOT EXISTS messages_deleted ON messages(deleted_seq) WHERE deleted_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS read_markers (
+  user_id     INTEGER NOT NULL,
+  conv_key    TEXT    NOT NULL,         -- 'c:<channel id>' or 'd:<other user id>'
+  message_id  INTEGER NOT NULL,
+  PRIMARY KEY (user_id, conv_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notices (
+  user_id     INTEGER NOT NULL,
+  seq         INTEGER NOT NULL,
+  body        TEXT    NOT NULL,
+  PRIMARY KEY (user_id, seq, body)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedup (
+  client_id   TEXT    NOT NULL,
+  request_id  INTEGER NOT NULL,
+  log_idx     INTEGER NOT NULL,
+  response    TEXT    NOT NULL,
+  PRIMARY KEY (client_id, request_id)
+) WITHOUT ROWID;
+`;
