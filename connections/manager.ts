@@ -148,6 +148,8 @@ export class ConnectionManager {
       epoch: this.core.epoch,
       primaryId: this.core.knownPrimary(),
       commitIndex: this.core.committed,
+      lastIndex: this.store.lastIndex,
+      members: this.core.status().members,
     };
   }
 

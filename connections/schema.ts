@@ -192,5 +192,9 @@ export const ServerStatus = z.object({
   epoch: z.number().int(),
   primaryId: z.number().int().nullable(),
   commitIndex: z.number().int(),
+  /** Last entry in this server's log. */
+  lastIndex: z.number().int(),
+  /** The in-sync set of the newest config this server holds. */
+  members: z.array(z.number().int()),
 });
 export type ServerStatus = z.infer<typeof ServerStatus>;
