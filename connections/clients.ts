@@ -181,6 +181,10 @@ export class ClientService {
         return this.auth(connection, request.token);
       case "logout": {
         await this.write(connection, request.id, { op: "logout", actor: session.userId, sessionId: session.sessionId });
+        // The session is gone: every connection that resumed it with its token is logged out too.
+        for (const other of [...(this.online.get(session.userId) ?? [])]) {
+          if (other.session?.sessionId === session.sessionId) this.detachSession(other);
+        }
         this.detachSession(connection);
         return {};
       }
@@ -259,8 +263,9 @@ export class ClientService {
   // ---- accounts ----------------------------------------------------------------
 
   private async register(connection: ClientConnection, request: Extract<Request, { type: "register" }>): Promise<Record<string, unknown>> {
-    if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
+    // A retry of a register already applied gets its original answer, even on the connection it logged in.
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
+    if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
     if (!previous && this.queries.userByName(request.username)) throw new ChatError(errorCodes.NAME_TAKEN, `username ${request.username} is taken`);
     const { salt, hash } = await hashPassword(request.password);
     const sessionId = newSessionId();
@@ -269,9 +274,9 @@ export class ClientService {
   }
 
   private async login(connection: ClientConnection, request: Extract<Request, { type: "login" }>): Promise<Record<string, unknown>> {
-    if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
-    // A retried login returns the session it created the first time.
+    // A retried login returns the session it created the first time, even on the connection it logged in.
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
+    if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
     const user = this.queries.userByName(request.username);
     if (!previous) {
       if (!user) {

@@ -397,6 +397,8 @@ export class Replica {
     const isMyPrimary = message.status.role === "primary" && message.status.epoch === this.promised && from === this.primaryId;
     if (isMyPrimary && message.round > 0) {
       this.lastHeardPrimary = now;
+      // An idle primary sends no appends; its heartbeat still tells us how far it has committed.
+      this.commitIndex = Math.max(this.commitIndex, Math.min(message.status.commitIndex, this.log.lastIndex));
       this.leasePromisedUntil = now + this.timing.leaseMs;
       actions.push({ type: "send", to: from, message: { t: "heartbeat_ack", epoch: this.promised, round: message.round } });
     }

@@ -25,6 +25,8 @@ export class StateMachine {
     this.statements = {
       userByKey: s("SELECT * FROM users WHERE name_key = ? AND deleted = 0"),
       userById: s("SELECT * FROM users WHERE id = ?"),
+      // A DM partner: the live account of that name, else the newest deleted one (so its DMs can still be marked read).
+      dmPartnerByKey: s("SELECT * FROM users WHERE name_key = ? ORDER BY deleted, id DESC LIMIT 1"),
       insertUser: s("INSERT INTO users (id, name, name_key, salt, hash, created_ts) VALUES (?, ?, ?, ?, ?, ?)"),
       markUserDeleted: s("UPDATE users SET deleted = 1, salt = '', hash = '' WHERE id = ?"),
       insertSession: s("INSERT INTO sessions (session_id, user_id, created_ts) VALUES (?, ?, ?)"),
@@ -92,7 +94,7 @@ export class StateMachine {
       case "leave_channel":
         return this.applyLeave(index, command.actor, command.channel);
       case "set_topic":
-        return this.applySetTopic(command.actor, command.channel, command.topic);
+        return this.applySetTopic(index, command.actor, command.channel, command.topic);
       case "delete_channel":
         return this.applyDeleteChannel(index, command.actor, command.channel);
       case "post":
@@ -159,8 +161,12 @@ export class StateMachine {
     const delivered = command.delivered || sender.id === recipient.id ? 1 : 0;
     this.statements.insertMessage.run(index, null, key, sender.id, recipient.id, command.body, command.ts, delivered);
     const message: MessageView = { id: index, conversation: `@${recipient.name}`, from: sender.name, to: recipient.name, body: command.body, ts: command.ts };
-    const audience = sender.id === recipient.id ? [sender.id] : [sender.id, recipient.id];
-    return ok({ message }, [{ audience: { users: audience }, event: { kind: "message", message } }]);
+    // Each side sees the conversation named after the other side, as in history and events_since.
+    const effects: Effect[] = [{ audience: { users: [sender.id] }, event: { kind: "message", message } }];
+    if (recipient.id !== sender.id) {
+      effects.push({ audience: { users: [recipient.id] }, event: { kind: "message", message: { ...message, conversation: `@${sender.name}` } } });
+    }
+    return ok({ message }, effects);
   }
 
   private applyReadUndelivered(actor: number, limit: number): ApplyResult {
@@ -178,17 +184,16 @@ export class StateMachine {
     if (!row || row.deleted_seq !== null) return fail(errorCodes.UNKNOWN_MESSAGE, `no message ${messageId}`);
     if (row.sender_id !== actor) return fail(errorCodes.FORBIDDEN, "you can delete only your own messages");
     this.statements.markMessageDeleted.run(index, messageId);
-    let conversation: string;
-    let audience: Effect["audience"];
+    const deleted = (conversation: string): EventBody => ({ kind: "message_deleted", conversation, messageId });
     if (row.channel_id !== null) {
-      conversation = `#${this.channelName(row.channel_id)}`;
-      audience = { channelId: row.channel_id };
-    } else {
-      // Each side sees the conversation named after the other side; the event names it for the sender.
-      conversation = `@${(this.statements.userById.get(row.recipient_id) as Row).name}`;
-      audience = { users: row.sender_id === row.recipient_id ? [row.sender_id] : [row.sender_id, row.recipient_id] };
+      return ok({ messageId }, [{ audience: { channelId: row.channel_id }, event: deleted(`#${this.channelName(row.channel_id)}`) }]);
     }
-    return ok({ messageId }, [{ audience, event: { kind: "message_deleted", conversation, messageId } }]);
+    // Each side sees the conversation named after the other side, as in history and events_since.
+    const sender = this.statements.userById.get(row.sender_id) as Row;
+    const recipient = this.statements.userById.get(row.recipient_id) as Row;
+    const effects: Effect[] = [{ audience: { users: [sender.id] }, event: deleted(`@${recipient.name}`) }];
+    if (recipient.id !== sender.id) effects.push({ audience: { users: [recipient.id] }, event: deleted(`@${sender.name}`) });
+    return ok({ messageId }, effects);
   }
 
   // ---- channels --------------------------------------------------------------
@@ -220,15 +225,16 @@ export class StateMachine {
     return ok({ channel: name }, this.removeMember(index, channel, actor));
   }
 
-  private applySetTopic(actor: number, name: string, topic: string): ApplyResult {
+  private applySetTopic(index: number, actor: number, name: string, topic: string): ApplyResult {
     const user = this.liveUser(actor);
     if (!user) return fail(errorCodes.BAD_SESSION, "account no longer exists");
     const channel = this.statements.channelByName.get(name) as Row | undefined;
     if (!channel) return fail(errorCodes.UNKNOWN_CHANNEL, `no channel #${name}`);
     if (channel.admin_id !== actor) return fail(errorCodes.FORBIDDEN, `only the admin of #${name} can set its topic`);
     this.statements.setTopic.run(topic, channel.id);
-    const event: EventBody = { kind: "topic_changed", channel: name, topic, by: user.name };
-    return ok({ channel: name, topic }, [{ audience: { channelId: channel.id }, event }]);
+    // Stored as a notice like the other channel events, so events_since replays it after a reconnect.
+    const effects = this.notifyMembers(index, channel.id, { kind: "topic_changed", channel: name, topic, by: user.name });
+    return ok({ channel: name, topic }, effects);
   }
 
   private applyDeleteChannel(index: number, actor: number, name: string): ApplyResult {
@@ -276,7 +282,7 @@ export class StateMachine {
       if (!this.statements.membership.get(channel.id, actor)) return fail(errorCodes.NOT_MEMBER, `not in #${ref.channel}`);
       return `c:${channel.id}`;
     }
-    const other = this.statements.userByKey.get(ref.username.toLowerCase()) as Row | undefined;
+    const other = this.statements.dmPartnerByKey.get(ref.username.toLowerCase()) as Row | undefined;
     if (!other) return fail(errorCodes.UNKNOWN_USER, `no user named ${ref.username}`);
     return `d:${other.id}`;
   }

@@ -6,6 +6,9 @@ import { dmKey } from "./apply.js";
 
 type Row = Record<string, any>;
 
+/** SQLite reads a negative LIMIT as "no limit"; used only where the rows are bounded by the WHERE clause. */
+const unlimitedRows = -1;
+
 export type UserRecord = { id: number; name: string; salt: string; hash: string };
 
 export class Queries {
@@ -16,6 +19,8 @@ export class Queries {
     this.statements = {
       userByKey: s("SELECT id, name, salt, hash FROM users WHERE name_key = ? AND deleted = 0"),
       userById: s("SELECT id, name, deleted FROM users WHERE id = ?"),
+      // A DM partner: the live account of that name, else the newest deleted one (its history stays readable).
+      dmPartnerByKey: s("SELECT id, name FROM users WHERE name_key = ? ORDER BY deleted, id DESC LIMIT 1"),
       session: s("SELECT s.user_id, u.name FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.session_id = ? AND u.deleted = 0"),
       listUsers: s("SELECT name, name_key FROM users WHERE deleted = 0 AND name_key GLOB ? AND name_key > ? ORDER BY name_key LIMIT ?"),
       channelByName: s("SELECT * FROM channels WHERE name = ?"),
@@ -110,7 +115,7 @@ export class Queries {
           ? (this.statements.channelHistoryAfter.all(channel.id, cursor.after, limit) as Row[])
           : (this.statements.channelHistoryBefore.all(channel.id, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
     } else {
-      const other = this.userByName(ref.username);
+      const other = this.statements.dmPartnerByKey.get(ref.username.toLowerCase()) as Row | undefined;
       if (!other) return { error: "UNKNOWN_USER" };
       conversation = `@${other.name}`;
       const key = dmKey(viewer, other.id);
@@ -145,8 +150,20 @@ export class Queries {
    * `upToSeq` is the commit index: events of uncommitted entries are never shown.
    */
   eventsSince(userId: number, afterSeq: number, upToSeq: number, limit: number): { events: ChatEvent[]; more: boolean } {
+    const first = this.collectEvents(userId, afterSeq, upToSeq, limit + 1);
+    if (first.length <= limit) return { events: first, more: false };
+    // Several events may share a seq (delete_account leaves every channel at one seq); a page never
+    // splits a seq, so it holds every event up to and including the seq of its limit-th event.
+    // Bounded: fewer than `limit` events precede that seq, and one entry makes few events per user.
+    const lastSeq = first[limit - 1].seq;
+    const events = this.collectEvents(userId, afterSeq, lastSeq, unlimitedRows);
+    const more = this.collectEvents(userId, lastSeq, upToSeq, 1).length > 0;
+    return { events, more };
+  }
+
+  /** The first `fetch` events of each kind with afterSeq < seq <= upToSeq, merged in seq order. */
+  private collectEvents(userId: number, afterSeq: number, upToSeq: number, fetch: number): ChatEvent[] {
     const events: ChatEvent[] = [];
-    const fetch = limit + 1;
     for (const row of this.statements.eventsDm.all(userId, userId, afterSeq, upToSeq, fetch) as Row[]) {
       const other = row.sender_id === userId ? row.recipient_id : row.sender_id;
       events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, userId, `@${this.userName(other)}`) } });
@@ -165,11 +182,8 @@ export class Queries {
     for (const row of this.statements.eventsNotices.all(userId, afterSeq, upToSeq, fetch) as Row[]) {
       events.push({ seq: row.seq, event: JSON.parse(row.body) as EventBody });
     }
-    events.sort((a, b) => a.seq - b.seq);
-    // Several events may share a seq (e.g. member_left then admin_changed); never split a seq across pages.
-    let cut = Math.min(limit, events.length);
-    while (cut < events.length && cut > 0 && events[cut].seq === events[cut - 1].seq) cut += 1;
-    return { events: events.slice(0, cut), more: events.length > cut };
+    // Stable: within one seq, events keep the order of the kinds above.
+    return events.sort((a, b) => a.seq - b.seq);
   }
 
   /** A deleted message in a history page shows as nothing (filtered in SQL); a live one as a view. */

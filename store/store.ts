@@ -219,31 +219,40 @@ export class Store {
 
   /** SHA-256 over every replicated state table, rows in primary-key order. */
   stateDigest(): string {
-    const hash = createHash("sha256");
-    for (const table of stateTableNames) {
-      hash.update(`table ${table}\n`);
-      const columns = (this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[])
-        .filter((column) => column.pk > 0)
-        .sort((a, b) => a.pk - b.pk)
-        .map((column) => column.name);
-      const order = columns.length > 0 ? columns.join(", ") : "rowid";
-      for (const row of this.db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).iterate()) {
-        hash.update(JSON.stringify(row));
-        hash.update("\n");
-      }
-    }
-    return hash.digest("hex");
+    return stateDigestOf(this.db);
   }
 
   /** SHA-256 over log entries 1..upTo. */
   logDigest(upTo = this.last.index): string {
-    const hash = createHash("sha256");
-    for (const row of this.db.prepare("SELECT idx, epoch, kind, client_id, request_id, body FROM log WHERE idx <= ? ORDER BY idx").iterate(upTo)) {
+    return logDigestOf(this.db, upTo);
+  }
+}
+
+/** Works on a read-only handle too, so tests can digest a live server's file. */
+export function stateDigestOf(db: Database.Database): string {
+  const hash = createHash("sha256");
+  for (const table of stateTableNames) {
+    hash.update(`table ${table}\n`);
+    const columns = (db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[])
+      .filter((column) => column.pk > 0)
+      .sort((a, b) => a.pk - b.pk)
+      .map((column) => column.name);
+    const order = columns.length > 0 ? columns.join(", ") : "rowid";
+    for (const row of db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).iterate()) {
       hash.update(JSON.stringify(row));
       hash.update("\n");
     }
-    return hash.digest("hex");
   }
+  return hash.digest("hex");
+}
+
+export function logDigestOf(db: Database.Database, upTo: number): string {
+  const hash = createHash("sha256");
+  for (const row of db.prepare("SELECT idx, epoch, kind, client_id, request_id, body FROM log WHERE idx <= ? ORDER BY idx").iterate(upTo)) {
+    hash.update(JSON.stringify(row));
+    hash.update("\n");
+  }
+  return hash.digest("hex");
 }
 
 type LogRow = { idx: number; epoch: number; kind: string; client_id: string | null; request_id: number | null; body: string };

@@ -138,13 +138,13 @@ export class TestCluster {
     return client;
   }
 
-  async status(id: number): Promise<{ role: string; epoch: number; primaryId: number | null; commitIndex: number } | undefined> {
+  async status(id: number): Promise<{ role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; members: number[] } | undefined> {
     if (!this.processes.has(id)) return undefined;
     try {
       const client = await TestClient.connect(this.machine(id).host, this.machine(id).clientPort);
       try {
         const reply = await client.request("ping", {}, 1000);
-        return reply.data as { role: string; epoch: number; primaryId: number | null; commitIndex: number };
+        return reply.data as { role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; members: number[] };
       } finally {
         client.close();
       }
@@ -175,13 +175,24 @@ export class TestCluster {
       const statuses = await Promise.all(ids.map((id) => this.status(id)));
       const primaryStatus = await this.status(primary);
       last = JSON.stringify(statuses);
-      if (primaryStatus && statuses.every((status) => status && (status.role === "backup" || status.role === "primary") && status.commitIndex >= primaryStatus.commitIndex - 0)) {
+      if (primaryStatus && statuses.every((status) => status && (status.role === "backup" || status.role === "primary") && status.lastIndex === primaryStatus.lastIndex)) {
         const members = this.membersFromLog(primary);
         if (ids.every((id) => members.includes(id))) return;
       }
       await sleep(100);
     }
     throw new Error(`servers ${ids.join(",")} not in sync within ${timeoutMs} ms: ${last}`);
+  }
+
+  /** The newest config entry in a server's log (read from its SQLite file). */
+  latestConfig(id: number): { epoch: number; members: number[] } {
+    const db = openReadOnly(join(this.dataDir(id), "chat.db"));
+    try {
+      const row = db.prepare("SELECT epoch, body FROM log WHERE kind = 'config' ORDER BY idx DESC LIMIT 1").get() as { epoch: number; body: string } | undefined;
+      return row ? { epoch: row.epoch, members: JSON.parse(row.body).members as number[] } : { epoch: 0, members: [] };
+    } finally {
+      db.close();
+    }
   }
 
   /** Members of the newest config entry in a server's log (read from its SQLite file). */

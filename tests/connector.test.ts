@@ -1,0 +1,280 @@
+// ClientConnector: failover, exactly-once retries, push resume and typed errors, against real servers.
+import { join } from "node:path";
+import pino from "pino";
+import { afterEach, describe, expect, it } from "vitest";
+import { ClientConnector, EventSequencer, exhaustedError, failoverCandidates, type MachineHealth } from "../connections/connector.js";
+import { loadClusterConfig, type Machine } from "../connections/consts.js";
+import { ChatError, errorCodes } from "../connections/errors.js";
+import type { ChatEvent, MessageView } from "../connections/schema.js";
+import { seededRandom } from "../utils.js";
+import { TestCluster, sleep } from "./helpers/cluster.js";
+
+const password = "password123";
+
+let cluster: TestCluster | undefined;
+const connectors: ClientConnector[] = [];
+
+afterEach(async () => {
+  for (const connector of connectors.splice(0)) connector.close();
+  await cluster?.destroy();
+  cluster = undefined;
+});
+
+async function startCluster(): Promise<TestCluster> {
+  cluster = await TestCluster.create({ servers: 3 });
+  await cluster.startAll();
+  await cluster.waitForPrimary();
+  return cluster;
+}
+
+function newConnector(running: TestCluster, name: string, options: ConstructorParameters<typeof ClientConnector>[1] = {}): ClientConnector {
+  const logger = pino({ level: "debug", base: { client: name } }, pino.destination({ dest: join(running.dir, `connector-${name}.log`), sync: true }));
+  const connector = new ClientConnector(loadClusterConfig(running.configPath), { logger, ...options });
+  connectors.push(connector);
+  return connector;
+}
+
+async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return "ok";
+  } catch (error) {
+    if (error instanceof ChatError) return error.code;
+    throw error;
+  }
+}
+
+describe("ClientConnector with a real 3-server cluster", () => {
+  it("a receiver sees every message exactly once, in order, while the primary and then the new primary are killed", async () => {
+    // Goal: no push is lost, duplicated or reordered across two failovers, and every write is applied once.
+    // Method: a sender sends N messages one at a time (DMs to the receiver alternating with posts in
+    // #general) and we kill -9 the primary after N/3 and the new primary after 2N/3; a receiver
+    // connector collects the message events and we compare them with what was sent.
+    const seed = Number(process.env.CHATPLUS_SEED ?? Date.now() % 1_000_000);
+    const running = await startCluster();
+    const sender = newConnector(running, "sender", { random: seededRandom(seed) });
+    const receiver = newConnector(running, "receiver", { random: seededRandom(seed + 1) });
+    await Promise.all([sender.connect(), receiver.connect()]);
+    await sender.register("sender", password);
+    await receiver.register("receiver", password);
+    const received: MessageView[] = [];
+    const seqs: number[] = [];
+    receiver.on("event", (event) => {
+      if (event.event.kind !== "message" || event.event.message.from !== "sender") return;
+      received.push(event.event.message);
+      seqs.push(event.seq);
+    });
+    const states: string[] = [];
+    receiver.on("state", (change) => states.push(`${change.state}@${change.serverId}`));
+
+    const total = 200;
+    const outcomes: ("ok" | "unknown")[] = [];
+    const killed: number[] = [];
+    for (let i = 0; i < total; i += 1) {
+      if (i === Math.floor(total / 3) || i === Math.floor((2 * total) / 3)) {
+        const primary = await running.waitForPrimary(15000);
+        killed.push(primary);
+        await running.kill(primary);
+      }
+      const body = `msg-${i}`;
+      try {
+        if (i % 2 === 0) await sender.sendDm("receiver", body);
+        else await sender.post("general", body);
+        outcomes.push("ok");
+      } catch (error) {
+        if (!(error instanceof ChatError) || error.code !== errorCodes.OUTCOME_UNKNOWN) throw new Error(`seed ${seed}: send ${i} failed: ${(error as Error).message}`);
+        outcomes.push("unknown");
+      }
+    }
+    expect(killed.length, `seed ${seed}`).toBe(2);
+    const acknowledged = outcomes.filter((outcome) => outcome === "ok").length;
+    await waitUntil(() => received.length >= acknowledged, 20000, `seed ${seed}: ${acknowledged} messages at the receiver (has ${received.length})`);
+    await sleep(500); // a late duplicate would arrive now
+
+    const bodies = received.map((message) => message.body);
+    expect(new Set(bodies).size, `seed ${seed}: duplicates in ${bodies.join(",")}`).toBe(bodies.length);
+    const expected = outcomes.map((outcome, i) => ({ body: `msg-${i}`, outcome }));
+    // In send order: acknowledged ones exactly once, outcome-unknown ones at most once.
+    const expectedOrder = expected.filter((item) => item.outcome === "ok" || bodies.includes(item.body)).map((item) => item.body);
+    expect(bodies, `seed ${seed}`).toEqual(expectedOrder);
+    for (let i = 1; i < seqs.length; i += 1) expect(seqs[i], `seed ${seed}: seq order`).toBeGreaterThan(seqs[i - 1]);
+    for (const message of received) {
+      const index = Number(message.body.slice(4));
+      expect(message.conversation, `seed ${seed}`).toBe(index % 2 === 0 ? "@sender" : "#general");
+    }
+    expect(states.filter((state) => state.startsWith("failing-over")).length, `seed ${seed}: ${states.join(" ")}`).toBeGreaterThanOrEqual(2);
+    // Sanity: the survivor has each message once in history too.
+    const history = await receiver.history("#general", { limit: 500 });
+    const posts = history.map((message) => message.body);
+    expect(new Set(posts).size).toBe(posts.length);
+  });
+
+  it.each(["SIGSTOP", "SIGKILL"] as const)("a request interrupted mid-flight is applied once (primary gets %s right after the write)", async (signal) => {
+    // Goal: a write whose answer is lost is retried on the new primary with the same id and applied once.
+    // Method: the connector's onRequestSent hook stops or kills the primary the moment the post is
+    // written; the post must still resolve, on another server, and #general must hold it exactly once.
+    const running = await startCluster();
+    const sends: { id: number; serverId: number; attempt: number }[] = [];
+    let armed = false;
+    const connector = newConnector(running, "poster", {
+      hooks: {
+        onRequestSent: (info) => {
+          if (info.type !== "post") return;
+          sends.push(info);
+          if (armed) {
+            armed = false;
+            void running.signal(info.serverId, signal);
+          }
+        },
+      },
+    });
+    await connector.connect();
+    await connector.register("poster", password);
+    const first = connector.serverId;
+    armed = true;
+    const message = await connector.post("general", "interrupted post");
+    expect(message.body).toBe("interrupted post");
+    expect(connector.serverId).not.toBe(first);
+    expect(sends.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(sends.map((send) => send.id)).size, "every attempt reuses the request id").toBe(1);
+    expect(sends[sends.length - 1].serverId).not.toBe(first);
+    const history = await connector.history("#general");
+    expect(history.filter((item) => item.body === "interrupted post").map((item) => item.id)).toEqual([message.id]);
+  });
+
+  it("the same request id sent twice with the same clientId is applied once, on the same primary and on the next one", async () => {
+    // Goal: the server's dedup table (clientId, request id) survives failover.
+    // Method: a raw client posts with id 100 twice, the primary is killed, and a new raw client with
+    // the same clientId re-sends id 100 to the new primary; every answer names the same message.
+    const running = await startCluster();
+    const primary = await running.waitForPrimary();
+    const clientId = "dedup-test-client-1";
+    const first = await running.client(primary);
+    await first.ok("hello", { clientId });
+    const registered = await first.ok("register", { username: "deduper", password });
+    const answers = [];
+    for (let attempt = 0; attempt < 2; attempt += 1) {
+      const frame = await first.request("post", { channel: "general", body: "only once" }, 10000, 100);
+      expect(frame.type).toBe("ok");
+      answers.push(frame.data!.message.id as number);
+    }
+    await running.waitForInSync(running.config.machines.map((machine) => machine.id).filter((id) => id !== primary).concat(primary));
+    await running.kill(primary);
+    const next = await running.waitForPrimary(15000);
+    const second = await running.client(next);
+    await second.ok("hello", { clientId });
+    await second.ok("auth", { token: registered.token });
+    const retried = await second.request("post", { channel: "general", body: "only once" }, 10000, 100);
+    expect(retried.type, JSON.stringify(retried)).toBe("ok");
+    answers.push(retried.data!.message.id as number);
+    expect(new Set(answers).size).toBe(1);
+    const history = await second.ok("history", { conversation: "#general" });
+    expect(history.messages.filter((item: MessageView) => item.body === "only once")).toHaveLength(1);
+  });
+
+  it("with every server down, requests fail with a typed error within the bound", async () => {
+    // Goal: the connector never hangs: after retryBudgetMs it reports UNAVAILABLE (not applied) or
+    // OUTCOME_UNKNOWN (a write that was sent), and nothing else.
+    // Method: freeze all three servers right before a post and a history read, then kill them all
+    // and send another post that can never be sent.
+    const running = await startCluster();
+    const budgetMs = 3000;
+    const slackMs = 1500;
+    const connector = newConnector(running, "lonely", { retryBudgetMs: budgetMs });
+    await connector.connect();
+    await connector.register("lonely", password);
+    const ids = running.config.machines.map((machine) => machine.id);
+    for (const id of ids) void running.signal(id, "SIGSTOP");
+    let started = Date.now();
+    const [writeCode, readCode] = await Promise.all([codeOf(connector.post("general", "into the void")), codeOf(connector.history("#general"))]);
+    const frozenElapsed = Date.now() - started;
+    expect(writeCode).toBe(errorCodes.OUTCOME_UNKNOWN);
+    expect(readCode).toBe(errorCodes.UNAVAILABLE);
+    expect(frozenElapsed).toBeLessThan(budgetMs + slackMs);
+    expect(frozenElapsed).toBeGreaterThanOrEqual(budgetMs - 50);
+
+    for (const id of ids) await running.kill(id);
+    await waitUntil(() => connector.state !== "ready", 5000, "the connector to notice");
+    started = Date.now();
+    const neverSentCode = await codeOf(connector.post("general", "never sent"));
+    const downElapsed = Date.now() - started;
+    expect(neverSentCode).toBe(errorCodes.UNAVAILABLE);
+    expect(downElapsed).toBeLessThan(budgetMs + slackMs);
+  });
+
+  it("a session and its pushes survive failover: auth is replayed and missed events are fetched", async () => {
+    // Goal: after a failover the connector is still logged in without the password, and events
+    // committed while it was away are delivered once.
+    // Method: kill the primary, have a second client post while the first is failing over, then
+    // check the first saw the post and can still do logged-in requests.
+    const running = await startCluster();
+    const watcher = newConnector(running, "watcher");
+    const talker = newConnector(running, "talker");
+    await Promise.all([watcher.connect(), talker.connect()]);
+    await watcher.register("watcher", password);
+    await talker.register("talker", password);
+    const seen: ChatEvent[] = [];
+    watcher.on("event", (event) => seen.push(event));
+    const sessionEvents: unknown[] = [];
+    watcher.on("session", (session) => sessionEvents.push(session));
+    const primary = await running.waitForPrimary();
+    await running.kill(primary);
+    await talker.post("general", "while you were away");
+    await waitUntil(() => seen.some((event) => event.event.kind === "message" && event.event.message.body === "while you were away"), 15000, "the missed post");
+    expect(watcher.session).toEqual({ username: "watcher" });
+    expect(sessionEvents).toEqual([]);
+    const dm = await watcher.sendDm("talker", "still logged in");
+    expect(dm.from).toBe("watcher");
+    await sleep(300);
+    expect(seen.filter((event) => event.event.kind === "message" && event.event.message.body === "while you were away")).toHaveLength(1);
+  });
+});
+
+describe("connector decisions (no I/O)", () => {
+  const machines: Machine[] = [1, 2, 3].map((id) => ({ id, host: "127.0.0.1", clientPort: 7000 + id, peerPort: 8000 + id }));
+  const health = (entries: Partial<MachineHealth & { id: number }>[]) =>
+    new Map(entries.map((entry) => [entry.id!, { up: true, role: "backup", epoch: 1, primaryId: null, rttMs: 1, ...entry } as MachineHealth]));
+
+  it("failover tries a reported primary first, then the hint, then config order with the failed machine last", () => {
+    expect(failoverCandidates(machines, new Map(), null, null)).toEqual([1, 2, 3]);
+    expect(failoverCandidates(machines, health([{ id: 1 }, { id: 2 }, { id: 3 }]), 1, null)).toEqual([2, 3, 1]);
+    expect(failoverCandidates(machines, health([{ id: 1, up: false }, { id: 2 }, { id: 3, role: "primary", epoch: 4 }]), 2, null)).toEqual([3, 1, 2]);
+    expect(failoverCandidates(machines, health([{ id: 1, up: false, role: null }, { id: 2 }, { id: 3 }]), null, 3)).toEqual([3, 2, 1]);
+    expect(failoverCandidates(machines, health([{ id: 1, role: "primary", epoch: 2 }, { id: 2, role: "primary", epoch: 3 }, { id: 3 }]), null, null)).toEqual([2, 1, 3]);
+  });
+
+  it("a write that was sent is outcome-unknown when the budget runs out; anything else is unavailable", () => {
+    expect(exhaustedError({ type: "post", id: 1, write: true, unanswered: true, onWire: false }, 10).code).toBe(errorCodes.OUTCOME_UNKNOWN);
+    expect(exhaustedError({ type: "post", id: 1, write: true, unanswered: false, onWire: true }, 10).code).toBe(errorCodes.OUTCOME_UNKNOWN);
+    expect(exhaustedError({ type: "post", id: 1, write: true, unanswered: false, onWire: false }, 10).code).toBe(errorCodes.UNAVAILABLE);
+    expect(exhaustedError({ type: "history", id: 1, write: false, unanswered: true, onWire: true }, 10).code).toBe(errorCodes.UNAVAILABLE);
+  });
+
+  it("the sequencer delivers resumed and buffered live events once, in seq order, keeping distinct events that share a seq", () => {
+    const message = (seq: number, conversation = "#general"): ChatEvent => ({ seq, event: { kind: "message", message: { id: seq, conversation, from: "a", body: `m${seq}`, ts: 0 } } });
+    const left: ChatEvent = { seq: 9, event: { kind: "member_left", channel: "x", user: "a" } };
+    const admin: ChatEvent = { seq: 9, event: { kind: "admin_changed", channel: "x", admin: "b" } };
+    const sequencer = new EventSequencer(100);
+    sequencer.reset(3);
+    expect(sequencer.onLive(message(2))).toEqual([]);
+    expect(sequencer.onLive(message(4))).toEqual([message(4)]);
+    expect(sequencer.onLive(message(4, "@a"))).toEqual([]);
+    sequencer.beginResume();
+    expect(sequencer.onLive(message(8))).toEqual([]);
+    expect(sequencer.onLive(admin)).toEqual([]);
+    expect(sequencer.onLive(message(12))).toEqual([]);
+    const delivered = sequencer.endResume([message(4), message(6), message(8), left, admin], 10);
+    expect(delivered).toEqual([message(6), message(8), left, admin, message(12)]);
+    expect(sequencer.resumeFrom).toBe(12);
+    expect(sequencer.onLive(admin)).toEqual([]);
+    expect(sequencer.onLive(message(13))).toEqual([message(13)]);
+  });
+});

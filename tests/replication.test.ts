@@ -1,0 +1,214 @@
+// Replication scenarios S1–S6 from the replication issue, on real server processes, real TCP and
+// real SQLite files. After each: every acknowledged write is present exactly once on every
+// caught-up server, unknown writes at most once, and logs and state are identical (by hash).
+import { afterEach, describe as suite, expect, it } from "vitest";
+import { TestCluster, sleep } from "./helpers/cluster.js";
+import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
+
+let cluster: TestCluster | undefined;
+
+afterEach(async () => {
+  await cluster?.destroy();
+  cluster = undefined;
+});
+
+async function startCluster(servers = 3, spareServers = 0): Promise<TestCluster> {
+  cluster = await TestCluster.create({ servers, spareServers });
+  await cluster.startAll();
+  await cluster.waitForPrimary();
+  return cluster;
+}
+
+function writers(c: TestCluster, count: number, prefix: string): RetryingWriter[] {
+  return Array.from({ length: count }, (_, i) => new RetryingWriter(c, `${prefix}${i}`));
+}
+
+async function runWhile(ws: RetryingWriter[], body: () => Promise<void>): Promise<void> {
+  for (const w of ws) w.start();
+  try {
+    await body();
+  } finally {
+    await Promise.all(ws.map((w) => w.stop()));
+  }
+}
+
+/** Waits until at least `n` more writes are acknowledged in total. */
+async function progress(ws: RetryingWriter[], n: number, timeoutMs = 20000): Promise<void> {
+  const start = ws.reduce((sum, w) => sum + w.acked.length, 0);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (ws.reduce((sum, w) => sum + w.acked.length, 0) >= start + n) return;
+    await sleep(20);
+  }
+  throw new Error(`writers made no progress (${n} writes) within ${timeoutMs} ms`);
+}
+
+suite("replication scenarios", () => {
+  it("S1: the next server takes over when the primary is killed, and nothing acknowledged is lost or doubled", async () => {
+    // Goal: kill -9 of the primary under load loses nothing. Method: 3 writers post continuously,
+    // the primary is killed, the writers continue on the new primary, then the old one restarts and converges.
+    const c = await startCluster();
+    const ws = writers(c, 3, "s1w");
+    const first = await c.waitForPrimary();
+    await runWhile(ws, async () => {
+      await progress(ws, 60);
+      await c.kill(first);
+      const next = await c.waitForPrimary(10000);
+      expect(next).not.toBe(first);
+      await progress(ws, 60);
+    });
+    await c.start(first);
+    await c.waitForInSync([1, 2, 3]);
+    const report = await checkInvariants(c, ws, [1, 2, 3]);
+    console.log(`S1 ${describe(report)}`);
+    expect(report.acked).toBeGreaterThanOrEqual(120);
+  });
+
+  it.each([
+    ["the primary and then the new primary", "primary-primary"],
+    ["a backup and then the primary", "backup-primary"],
+  ])("S2: the last server serves alone after %s die, and the others catch up and rejoin", async (_label, order) => {
+    // Goal: two failures in either order leave one server serving. Method: kill two servers one
+    // after the other under load; write on the survivor; restart both; all three converge.
+    const c = await startCluster();
+    const ws = writers(c, 2, `s2${order === "backup-primary" ? "b" : "p"}w`);
+    const killed: number[] = [];
+    await runWhile(ws, async () => {
+      await progress(ws, 30);
+      const primary = await c.waitForPrimary();
+      const victim = order === "primary-primary" ? primary : [1, 2, 3].find((id) => id !== primary)!;
+      await c.kill(victim);
+      killed.push(victim);
+      await progress(ws, 30);
+      const second = await c.waitForPrimary(10000);
+      await c.kill(second);
+      killed.push(second);
+      const survivor = [1, 2, 3].find((id) => !killed.includes(id))!;
+      expect(await c.waitForPrimary(10000)).toBe(survivor);
+      await progress(ws, 30);
+    });
+    const survivor = [1, 2, 3].find((id) => !killed.includes(id))!;
+    expect(c.membersFromLog(survivor)).toEqual([survivor]);
+    for (const id of killed) await c.start(id);
+    await c.waitForInSync([1, 2, 3]);
+    const report = await checkInvariants(c, ws, [1, 2, 3]);
+    console.log(`S2 (${order}) ${describe(report)}`);
+  });
+
+  it("S3: a restarted server catches up while writes continue, and can then take over", async () => {
+    // Goal: catch-up under load produces a server fit to lead. Method: kill server 1 (primary),
+    // restart it while writers run, wait until it is back in the in-sync set, kill the primary:
+    // server 1, first in failover order, takes over with everything.
+    const c = await startCluster();
+    const ws = writers(c, 2, "s3w");
+    await runWhile(ws, async () => {
+      await progress(ws, 40);
+      expect(await c.waitForPrimary()).toBe(1);
+      await c.kill(1);
+      await progress(ws, 60);
+      await c.start(1);
+      await c.waitForInSync([1, 2, 3]);
+      await progress(ws, 30);
+      const primary = await c.waitForPrimary();
+      expect(primary).toBe(2);
+      await c.kill(primary);
+      expect(await c.waitForPrimary(10000, [1, 3])).toBe(1);
+      await progress(ws, 30);
+    });
+    await c.start(2);
+    await c.waitForInSync([1, 2, 3]);
+    const report = await checkInvariants(c, ws, [1, 2, 3]);
+    console.log(`S3 ${describe(report)}`);
+  });
+
+  for (const stop of ["SIGTERM", "SIGKILL"] as const) {
+    it(`S4: after a full stop (${stop}), restarting in every order loses nothing and a stale server waits`, async () => {
+      // Goal: full-cluster restarts in all six orders. Method: make server 3 stale (kill it and keep
+      // writing), stop everything, then start the servers one by one in each order. While some
+      // member of the newest in-sync set is missing, nobody may serve.
+      const c = await startCluster();
+      const ws = writers(c, 2, `s4${stop === "SIGTERM" ? "t" : "k"}w`);
+      await ws[0].write(20);
+      await c.kill(3);
+      await ws[1].write(20);
+      const orders = [[3, 2, 1], [3, 1, 2], [2, 3, 1], [1, 2, 3], [2, 1, 3], [1, 3, 2]];
+      for (const [round, order] of orders.entries()) {
+        // Stop all three at once; whichever config the last one to go wrote is the newest.
+        await Promise.all([1, 2, 3].filter((id) => c.isRunning(id)).map((id) => c.signal(id, stop)));
+        const configs = [1, 2, 3].map((id) => c.latestConfig(id));
+        const newest = configs.reduce((best, config) => (config.epoch > best.epoch ? config : best)).members;
+        for (const [position, id] of order.entries()) {
+          await c.start(id);
+          const running = order.slice(0, position + 1);
+          if (!newest.every((member) => running.includes(member))) {
+            await sleep(600);
+            for (const runningId of running) {
+              expect((await c.status(runningId))?.role, `server ${runningId} must not serve before all of ${newest} are up (round ${round}, order ${order})`).not.toBe("primary");
+            }
+          }
+        }
+        await c.waitForInSync([1, 2, 3]);
+        await ws[round % 2].write(5);
+      }
+      const report = await checkInvariants(c, ws, [1, 2, 3]);
+      console.log(`S4 (${stop}) ${describe(report)}`);
+      expect(report.acked).toBe(70);
+    });
+  }
+
+  it("S5: a frozen primary acknowledges nothing after the takeover, serves no stale read, and rejoins", async () => {
+    // Goal: SIGSTOP of the primary until a failover, then SIGCONT. Method: a probe connection to
+    // the old primary sends a post and a history read while it is frozen; after it resumes, neither
+    // may be answered with success. The old primary must rejoin as a backup and converge.
+    const c = await startCluster();
+    const ws = writers(c, 2, "s5w");
+    const old = await c.waitForPrimary();
+    const probe = await c.client(old);
+    await probe.ok("hello", { clientId: "s5-probe-client" });
+    await probe.ok("register", { username: "s5probe", password: "password123" });
+    await runWhile(ws, async () => {
+      await progress(ws, 40);
+      await c.signal(old, "SIGSTOP");
+      const next = await c.waitForPrimary(10000, [1, 2, 3].filter((id) => id !== old));
+      await progress(ws, 30);
+      const staleWrite = probe.request("post", { channel: "general", body: "s5-written-to-frozen-primary" }, 4000).catch(() => undefined);
+      const staleRead = probe.request("history", { conversation: "#general", limit: 5 }, 4000).catch(() => undefined);
+      await sleep(100);
+      await c.signal(old, "SIGCONT");
+      for (const reply of [await staleWrite, await staleRead]) {
+        expect(reply === undefined || reply.type === "error", `old primary answered ${JSON.stringify(reply)}`).toBe(true);
+      }
+      expect(next).not.toBe(old);
+      await progress(ws, 30);
+    });
+    await c.waitForInSync([1, 2, 3]);
+    expect((await c.status(old))?.role).toBe("backup");
+    const report = await checkInvariants(c, ws, [1, 2, 3]);
+    const snapshotBodies = (await import("./helpers/writer.js")).snapshot(c, old).bodies;
+    expect(snapshotBodies.get("s5-written-to-frozen-primary") ?? 0).toBe(0);
+    console.log(`S5 ${describe(report)}`);
+  });
+
+  it("S6: a 4th server added to a loaded cluster catches up, joins, and counts toward fault tolerance", async () => {
+    // Goal: live membership growth. Method: writers run while server 4 (in the config, not an
+    // initial member) starts; once it is in the in-sync set, kill two of the original three.
+    const c = await startCluster(3, 1);
+    const ws = writers(c, 2, "s6w");
+    await runWhile(ws, async () => {
+      await progress(ws, 60);
+      await c.start(4);
+      await c.waitForInSync([1, 2, 3, 4]);
+      await progress(ws, 30);
+      const primary = await c.waitForPrimary();
+      await c.kill(primary);
+      const other = [1, 2, 3].find((id) => id !== primary)!;
+      await c.kill(other);
+      await c.waitForPrimary(10000);
+      await progress(ws, 30);
+    });
+    const survivors = [1, 2, 3, 4].filter((id) => c.isRunning(id));
+    expect(survivors).toContain(4);
+    const report = await checkInvariants(c, ws, survivors);
+    console.log(`S6 ${describe(report)}`);
+  });
+});
