@@ -66,7 +66,7 @@ function main(): void {
 
   const dataDir = args.data ?? join("data", `server-${id}`);
   mkdirSync(dataDir, { recursive: true });
-  const destination = args["log-file"] ? pino.destination({ dest: args["log-file"], sync: false, mkdir: true }) : pino.destination(1);
+  const destination = args["log-file"] ? pino.destination({ dest: args["log-file"], sync: true, mkdir: true }) : pino.destination({ dest: 1, sync: true });
   const logger = pino({ level: args["log-level"], base: { server: id } }, destination);
   const store = new Store(join(dataDir, "chat.db"), args.durability as Durability);
   logger.info({ dataDir, lastIndex: store.lastIndex, durability: args.durability }, "store opened");

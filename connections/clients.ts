@@ -263,10 +263,18 @@ export class ClientService {
   // ---- accounts ----------------------------------------------------------------
 
   private async register(connection: ClientConnection, request: Extract<Request, { type: "register" }>): Promise<Record<string, unknown>> {
-    // A retry of a register already applied gets its original answer, even on the connection it logged in.
+    // A retry of a register already applied gets its original answer (even on the connection it
+    // logged in), but only for someone who knows that account's password.
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
-    if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
-    if (!previous && this.queries.userByName(request.username)) throw new ChatError(errorCodes.NAME_TAKEN, `username ${request.username} is taken`);
+    if (previous) {
+      const user = previous.op === "register" ? this.queries.userByName(String(previous.data.username)) : undefined;
+      if (!user || user.name.toLowerCase() !== request.username.toLowerCase() || !(await verifyPassword(request.password, user.salt, user.hash))) {
+        throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password for this retried request");
+      }
+      return this.startSession(connection, await this.write(connection, request.id, { op: "register", username: user.name, salt: "", hash: "", sessionId: "", ts: 0 }));
+    }
+    if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
+    if (this.queries.userByName(request.username)) throw new ChatError(errorCodes.NAME_TAKEN, `username ${request.username} is taken`);
     const { salt, hash } = await hashPassword(request.password);
     const sessionId = newSessionId();
     const data = await this.write(connection, request.id, { op: "register", username: request.username, salt, hash, sessionId, ts: this.now() });
@@ -274,18 +282,17 @@ export class ClientService {
   }
 
   private async login(connection: ClientConnection, request: Extract<Request, { type: "login" }>): Promise<Record<string, unknown>> {
-    // A retried login returns the session it created the first time, even on the connection it logged in.
+    // The password is checked on every attempt, retries included; a retry then gets the session
+    // its first attempt created (the dedup table also checks it is the same user).
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
     if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
     const user = this.queries.userByName(request.username);
-    if (!previous) {
-      if (!user) {
-        await burnPasswordCheck(request.password);
-        throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
-      }
-      if (!(await verifyPassword(request.password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
+    if (!user) {
+      await burnPasswordCheck(request.password);
+      throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
     }
-    const data = await this.write(connection, request.id, { op: "login", userId: user?.id ?? 0, sessionId: newSessionId(), ts: this.now() });
+    if (!(await verifyPassword(request.password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
+    const data = await this.write(connection, request.id, { op: "login", userId: user.id, sessionId: newSessionId(), ts: this.now() });
     return this.startSession(connection, data);
   }
 

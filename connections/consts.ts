@@ -39,8 +39,11 @@ export const tickIntervalMs = 10;
 export const heartbeatIntervalMs = 40;
 /** No message from a peer for this long: the peer is considered failed. */
 export const peerTimeoutMs = 300;
-/** A tick that fires this late means the process was frozen; it must treat itself as restarted. Must stay below peerTimeoutMs. */
-export const freezeDetectMs = 150;
+/**
+ * A tick that fires this late means the process was frozen; it must treat itself as restarted.
+ * Must stay below peerTimeoutMs - heartbeatIntervalMs, so any freeze the peers can act on is noticed.
+ */
+export const freezeDetectMs = 200;
 /** A primary may serve reads until this long after the last heartbeat round every in-sync backup acknowledged. Must stay below peerTimeoutMs. */
 export const leaseMs = 200;
 export const peerDialBackoffMinMs = 20;
@@ -51,9 +54,8 @@ export const replicationBatchEntriesMax = 2000;
 export const replicationInflightEntriesMax = 20000;
 /** Client writes grouped into one SQLite transaction. */
 export const groupCommitRequestsMax = 512;
-/** Epoch boundaries a recovering server reports when finding where its log diverges. */
+/** A takeover that has not completed in this long is abandoned and retried. */
 export const takeoverWaitMs = 2000;
-export const requestTimeoutServerMs = 10000;
 
 // ---- client connector ----------------------------------------------------
 export const pingIntervalMs = 250;

@@ -5,7 +5,7 @@
 import type { Logger } from "pino";
 import { Replica, type Action, type LogView } from "../core/replica.js";
 import type { PeerMessage } from "../core/messages.js";
-import type { Command, ConfigCommand, Effect, LogEntry } from "../store/commands.js";
+import { actorOf, type Command, type ConfigCommand, type Effect, type LogEntry } from "../store/commands.js";
 import type { Store } from "../store/store.js";
 import { monotonicMs } from "../utils.js";
 import {
@@ -174,11 +174,17 @@ export class ConnectionManager {
     if (!this.canAcceptWrites()) return Promise.resolve(this.notPrimary());
     if (clientId !== null && requestId !== null) {
       const previous = this.store.dedupLookup(clientId, requestId);
+      if (previous && (previous.op !== command.op || previous.actor !== actorOf(command))) {
+        return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} was already used by this client for a different request` });
+      }
       if (previous) {
         if (previous.logIndex <= this.core.committed) return Promise.resolve({ ok: true, index: previous.logIndex, data: previous.data });
         return new Promise((resolve) => this.waitingDedup.push({ index: previous.logIndex, data: previous.data, resolve }));
       }
       const queued = this.queue.find((item) => item.clientId === clientId && item.requestId === requestId);
+      if (queued && (queued.command.op !== command.op || actorOf(queued.command) !== actorOf(command))) {
+        return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} is in use by this client for a different request` });
+      }
       if (queued) {
         return new Promise((resolve) => {
           const first = queued.resolve;

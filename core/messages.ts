@@ -19,6 +19,8 @@ export const StatusSchema = z.object({
   epoch,
   /** Epoch and members of the newest config entry in its log. */
   configEpoch: epoch,
+  /** Log index of that config entry: within one epoch, a higher index is a newer config. */
+  configIndex: index,
   configPrimary: z.number().int().nullable(),
   members: z.array(z.number().int()),
   role: z.enum(["recovering", "backup", "candidate", "primary"]),
@@ -43,7 +45,7 @@ export const PeerMessageSchema = z.discriminatedUnion("t", [
   z.object({ t: z.literal("join"), lastIndex: index, lastEpoch: epoch }),
   /** The joiner's log diverges: it must drop entries after truncateTo (adjusted by its own epochs) and join again. */
   z.object({ t: z.literal("join_truncate"), epoch, truncateTo: index, truncateEpoch: epoch }),
-  z.object({ t: z.literal("prepare"), epoch, configEpoch: epoch }),
+  z.object({ t: z.literal("prepare"), epoch, configEpoch: epoch, configIndex: index }),
   z.object({ t: z.literal("prepare_ok"), epoch, lastIndex: index, lastEpoch: epoch, configEpoch: epoch, eligible: z.boolean() }),
   z.object({ t: z.literal("prepare_reject"), epoch, promised: epoch, configEpoch: epoch, reason: z.enum(["epoch", "lease", "config"]) }),
   z.object({ t: z.literal("fetch"), epoch, fromIndex: index }),

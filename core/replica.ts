@@ -64,7 +64,7 @@ export type ReplicaOptions = {
 };
 
 type PeerState = { linkUp: boolean; lastHeard: number; status?: Status; statusAt: number };
-type Follower = { nextIndex: number; ackIndex: number; member: boolean; lastSend: number };
+type Follower = { nextIndex: number; ackIndex: number; member: boolean; lastSend: number; reconfirm: boolean };
 type Candidacy = {
   epoch: number;
   path: "continuous" | "restart";
@@ -90,6 +90,8 @@ export class Replica {
   private role: Role = "recovering";
   private serving = false;
   private eligible = false;
+  /** Set when a config entry naming us arrives after we last lost eligibility: only that may restore it. */
+  private freshConfigSeen = false;
   private commitIndex = 0;
   private lastNow: number;
   private nextTickWork = 0;
@@ -135,6 +137,7 @@ export class Replica {
     return {
       epoch: this.promised,
       configEpoch: config.epoch,
+      configIndex: config.index,
       configPrimary: config.primary,
       members: config.members,
       role: this.role,
@@ -186,7 +189,8 @@ export class Replica {
     this.lastNow = Math.max(this.lastNow, now);
     if (gap <= this.timing.freezeDetectMs) return [];
     const actions: Action[] = [{ type: "frozen", gapMs: gap }];
-    this.eligible = false;
+    this.loseEligibility();
+    this.joinSentAt = -Infinity;
     this.candidacy = null;
     this.followers.clear();
     this.primaryId = null;
@@ -355,7 +359,7 @@ export class Replica {
     const config = this.config();
     const member = config.members.includes(this.id);
     // Eligible once we hold, while running continuously, a config written by the live primary that names us.
-    if (member && config.epoch === this.promised && config.primary === this.primaryId) {
+    if (member && this.freshConfigSeen && config.epoch === this.promised && config.primary === this.primaryId) {
       this.eligible = true;
       if (this.role === "recovering") this.setRole(actions, "backup", false, `joined epoch ${config.epoch}`);
     }
@@ -384,9 +388,15 @@ export class Replica {
     peer.status = message.status;
     peer.statusAt = now;
     const mine = this.config();
-    if (message.status.configEpoch > mine.epoch && this.eligible) {
-      // A newer config exists that we did not take part in: we may have been removed. Recover.
+    const newer = isNewerConfig(message.status, mine);
+    if (newer && this.role === "primary" && message.status.configEpoch > mine.epoch) {
+      // Another server took over in a later epoch: we are no longer primary.
       this.becomeRecovering(actions, `server ${from} has config epoch ${message.status.configEpoch} > ${mine.epoch}`);
+      return;
+    }
+    if (newer && this.eligible && !message.status.members.includes(this.id)) {
+      // A newer config exists that removed us: whatever we hold may be stale. Recover.
+      this.becomeRecovering(actions, `server ${from} has a newer config without us (epoch ${message.status.configEpoch}, index ${message.status.configIndex})`);
       return;
     }
     if (this.role === "primary" && !this.candidacy && message.status.epoch > this.promised) {
@@ -435,6 +445,11 @@ export class Replica {
     // A joiner that has caught up becomes a member, one at a time.
     if (this.serving && this.pendingConfigIndex <= this.commitIndex) {
       for (const [id, follower] of this.followers) {
+        if (follower.reconfirm && follower.member && follower.ackIndex + this.timing.batchEntriesMax >= this.log.lastIndex) {
+          follower.reconfirm = false;
+          this.proposeConfig(actions, config.members, `reconfirming ${id}`);
+          break;
+        }
         if (follower.member || follower.ackIndex + this.timing.batchEntriesMax < this.log.lastIndex) continue;
         const members = this.sortByOrder([...config.members, id]);
         follower.member = true;
@@ -521,10 +536,14 @@ export class Replica {
   private onJoin(actions: Action[], from: NodeId, message: PeerMessageOf<"join">, now: number): void {
     if (this.role !== "primary" || !this.serving) return;
     let follower = this.followers.get(from);
+    const member = this.config().members.includes(from);
     if (!follower) {
-      follower = { nextIndex: 1, ackIndex: 0, member: this.config().members.includes(from), lastSend: now };
+      follower = { nextIndex: 1, ackIndex: 0, member, lastSend: now, reconfirm: false };
       this.followers.set(from, follower);
     }
+    // A member asking to join lost its eligibility (it froze or restarted): once it has caught up it
+    // needs a fresh config entry naming it before it may take over again.
+    if (member) follower.reconfirm = true;
     this.matchFollower(actions, from, follower, message.lastIndex, message.lastEpoch);
     this.replicate(actions, now);
   }
@@ -542,7 +561,7 @@ export class Replica {
       // Deposed: a newer primary exists. We become eligible again only through its config.
       this.candidacy = null;
       this.followers.clear();
-      this.eligible = false;
+      this.loseEligibility();
       this.setRole(actions, "recovering", false, `deposed by ${from} at epoch ${message.epoch}`);
     }
     if (message.epoch > this.promised) this.promise(actions, message.epoch);
@@ -566,6 +585,7 @@ export class Replica {
       }
       fresh.push(entry);
     }
+    if (fresh.some((entry) => entry.command.op === "config" && (entry.command as ConfigCommand).members.includes(this.id))) this.freshConfigSeen = true;
     this.commitIndex = Math.max(this.commitIndex, Math.min(message.commitIndex, last + fresh.length));
     if (fresh.length === 0) {
       actions.push({ type: "send", to: from, message: { t: "append_ack", epoch: this.promised, lastIndex: last } });
@@ -588,15 +608,21 @@ export class Replica {
       if (id === primary || !config.members.includes(id)) return false;
       if (id === this.id) return true;
       const peer = this.peers.get(id)!;
-      return this.isAlive(peer) && peer.status?.eligible === true && peer.status.configEpoch === config.epoch;
+      return this.isAlive(peer) && peer.status?.eligible === true && peer.status.configEpoch === config.epoch && peer.status.configIndex === config.index;
     });
     if (successor === this.id) this.startCandidacy(actions, now, "continuous", `primary ${primary} lost`);
   }
 
   // ---- recovering ----------------------------------------------------------------
 
-  private becomeRecovering(actions: Action[], reason: string): void {
+  private loseEligibility(): void {
     this.eligible = false;
+    this.freshConfigSeen = false;
+  }
+
+  private becomeRecovering(actions: Action[], reason: string): void {
+    this.loseEligibility();
+    this.joinSentAt = -Infinity;
     this.candidacy = null;
     this.followers.clear();
     this.primaryId = null;
@@ -607,7 +633,8 @@ export class Replica {
     // A serving primary exists: catch up from it.
     const primary = this.knownPrimary();
     if (primary !== null && primary !== this.id) {
-      if (this.primaryId === primary && now - this.lastHeardPrimary <= this.timing.peerTimeoutMs) return;
+      // Joined already: the primary has streamed to us since we asked.
+      if (this.primaryId === primary && this.lastHeardPrimary > this.joinSentAt && now - this.lastHeardPrimary <= this.timing.peerTimeoutMs) return;
       if (now - this.joinSentAt >= this.timing.peerTimeoutMs) {
         this.joinSentAt = now;
         actions.push({ type: "send", to: primary, message: { t: "join", lastIndex: this.log.lastIndex, lastEpoch: this.log.lastEpoch } });
@@ -659,7 +686,7 @@ export class Replica {
     this.primaryId = null;
     this.candidacy = { epoch, path, waitFor, oks: new Map(), phase: "collect", members: [], deadline: now + this.timing.takeoverWaitMs };
     this.setRole(actions, "candidate", false, `${reason}; epoch ${epoch}`);
-    for (const id of waitFor) actions.push({ type: "send", to: id, message: { t: "prepare", epoch, configEpoch: config.epoch } });
+    for (const id of waitFor) actions.push({ type: "send", to: id, message: { t: "prepare", epoch, configEpoch: config.epoch, configIndex: config.index } });
     this.maybeFinishCollect(actions, now);
   }
 
@@ -692,7 +719,10 @@ export class Replica {
     const config = this.config();
     const reject = (reason: "epoch" | "lease" | "config") =>
       actions.push({ type: "send", to: from, message: { t: "prepare_reject", epoch: message.epoch, promised: this.promised, configEpoch: config.epoch, reason } });
-    if (message.configEpoch < config.epoch && config.members.includes(this.id)) return void reject("config");
+    const candidateConfig = { configEpoch: message.configEpoch, configIndex: message.configIndex };
+    if (isNewerConfig({ configEpoch: config.epoch, configIndex: config.index }, { epoch: candidateConfig.configEpoch, index: candidateConfig.configIndex }) && config.members.includes(this.id)) {
+      return void reject("config");
+    }
     if (message.epoch <= this.promised) return void reject("epoch");
     if (this.role === "primary" && this.serving) return void reject("lease");
     if (now < this.leasePromisedUntil && this.primaryId !== null && this.alive(this.primaryId)) return void reject("lease");
@@ -785,6 +815,7 @@ export class Replica {
     const candidacy = this.candidacy!;
     this.candidacy = null;
     this.eligible = true;
+    this.freshConfigSeen = true;
     this.primaryId = this.id;
     this.followers.clear();
     this.ackRound.clear();
@@ -795,7 +826,7 @@ export class Replica {
       if (id === this.id) continue;
       const ok = candidacy.oks.get(id)!;
       const shared = Math.min(ok.lastIndex, this.log.lastIndex);
-      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now });
+      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now, reconfirm: false });
     }
     // A member whose log is not a prefix of ours is told to truncate by the append it nacks.
     this.setRole(actions, "primary", false, `took over epoch ${candidacy.epoch} with members ${candidacy.members.join(",")}`);
@@ -819,4 +850,9 @@ export class Replica {
     const unique = [...new Set(ids)];
     return unique.sort((a, b) => this.order.indexOf(a) - this.order.indexOf(b));
   }
+}
+
+/** Is config a newer than config b? Epoch first; within an epoch, the later log index. */
+function isNewerConfig(a: { configEpoch: number; configIndex: number }, b: { epoch: number; index: number }): boolean {
+  return a.configEpoch > b.epoch || (a.configEpoch === b.epoch && a.configIndex > b.index);
 }

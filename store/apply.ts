@@ -19,6 +19,8 @@ export function dmKey(a: number, b: number): string {
 
 export class StateMachine {
   private readonly statements;
+  /** Orders the notices one entry creates, so pushes and events_since list them alike. */
+  private noticeOrdinal = 0;
 
   constructor(private readonly db: Database.Database) {
     const s = (sql: string) => db.prepare(sql);
@@ -61,12 +63,14 @@ export class StateMachine {
         "INSERT INTO read_markers (user_id, conv_key, message_id) VALUES (?, ?, ?) ON CONFLICT (user_id, conv_key) DO UPDATE SET message_id = excluded.message_id",
       ),
       deleteUserMarkers: s("DELETE FROM read_markers WHERE user_id = ?"),
-      insertNotice: s("INSERT OR IGNORE INTO notices (user_id, seq, body) VALUES (?, ?, ?)"),
+      insertNotice: s("INSERT INTO notices (user_id, seq, ord, body) VALUES (?, ?, ?, ?)"),
+      messageInConversation: s("SELECT 1 FROM messages WHERE id = ? AND (channel_id = ? OR dm_key = ?)"),
     };
   }
 
   /** Applies `command` as the entry at log index `index`. */
   apply(index: number, command: Command): ApplyResult {
+    this.noticeOrdinal = 0;
     switch (command.op) {
       case "config":
         return ok({ epochPrimary: command.primary });
@@ -263,6 +267,11 @@ export class StateMachine {
     if (!this.liveUser(actor)) return fail(errorCodes.BAD_SESSION, "account no longer exists");
     const key = this.conversationKey(actor, conversation);
     if (typeof key !== "string") return key;
+    const channelId = key.startsWith("c:") ? Number(key.slice(2)) : null;
+    const pair = key.startsWith("d:") ? dmKey(actor, Number(key.slice(2))) : null;
+    if (!this.statements.messageInConversation.get(messageId, channelId, pair)) {
+      return fail(errorCodes.UNKNOWN_MESSAGE, `no message ${messageId} in ${conversation}`);
+    }
     const current = this.statements.marker.get(actor, key) as Row | undefined;
     // Markers only move forward, so two sessions marking in any order agree.
     const next = Math.max(current?.message_id ?? 0, messageId);
@@ -307,7 +316,8 @@ export class StateMachine {
   private notifyMembers(index: number, channelId: number, event: EventBody): Effect[] {
     const members = (this.statements.channelMembers.all(channelId) as Row[]).map((row) => row.user_id as number);
     const body = JSON.stringify(event);
-    for (const member of members) this.statements.insertNotice.run(member, index, body);
+    this.noticeOrdinal += 1;
+    for (const member of members) this.statements.insertNotice.run(member, index, this.noticeOrdinal, body);
     return members.length > 0 ? [{ audience: { users: members }, event }] : [];
   }
 

@@ -47,3 +47,10 @@ export type Effect = { audience: Audience; event: EventBody };
 export type ApplyOk = { ok: true; data: Record<string, unknown>; effects: Effect[] };
 export type ApplyError = { ok: false; code: string; message: string };
 export type ApplyResult = ApplyOk | ApplyError;
+
+/** The user a command acts for, or null (register). A retried request must act for the same user. */
+export function actorOf(command: Command): number | null {
+  if ("actor" in command) return command.actor;
+  if (command.op === "login") return command.userId;
+  return null;
+}

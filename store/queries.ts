@@ -51,16 +51,17 @@ export class Queries {
       undeliveredCount: s("SELECT count(*) AS n FROM messages WHERE recipient_id = ? AND delivered = 0 AND deleted_seq IS NULL"),
       eventsDm: s(`
         SELECT * FROM messages WHERE dm_key IS NOT NULL AND (sender_id = ? OR recipient_id = ?) AND id > ? AND id <= ?
+          AND deleted_seq IS NULL
         ORDER BY id LIMIT ?`),
       eventsChannel: s(`
         SELECT m.* FROM messages m JOIN memberships mm ON mm.channel_id = m.channel_id AND mm.user_id = ?
-        WHERE m.id > ? AND m.id <= ? AND m.id > mm.joined_seq ORDER BY m.id LIMIT ?`),
+        WHERE m.id > ? AND m.id <= ? AND m.id > mm.joined_seq AND m.deleted_seq IS NULL ORDER BY m.id LIMIT ?`),
       eventsDeleted: s(`
         SELECT m.* FROM messages m LEFT JOIN memberships mm ON mm.channel_id = m.channel_id AND mm.user_id = ?
         WHERE m.deleted_seq > ? AND m.deleted_seq <= ?
           AND ((m.dm_key IS NOT NULL AND (m.sender_id = ? OR m.recipient_id = ?)) OR mm.user_id IS NOT NULL)
         ORDER BY m.deleted_seq LIMIT ?`),
-      eventsNotices: s("SELECT seq, body FROM notices WHERE user_id = ? AND seq > ? AND seq <= ? ORDER BY seq, body LIMIT ?"),
+      eventsNotices: s("SELECT seq, body FROM notices WHERE user_id = ? AND seq > ? AND seq <= ? ORDER BY seq, ord LIMIT ?"),
       channelName: s("SELECT name FROM channels WHERE id = ?"),
     };
   }

@@ -5,10 +5,13 @@ import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
-import type { ApplyResult, Command, ConfigCommand, Effect, LogEntry } from "./commands.js";
+import { actorOf, type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
 import { logTablesSql, stateTableNames, stateTablesSql } from "./tables.js";
 
 export type Durability = "full" | "normal";
+
+/** A stored answer to (clientId, requestId): what was asked, for whom, and the response. */
+export type DedupRecord = { logIndex: number; op: string; actor: number | null; data: Record<string, unknown> };
 
 /** Result of applying one proposed command on the primary. */
 export type Proposal = { entry: LogEntry; result: ApplyResult };
@@ -39,8 +42,8 @@ export class Store {
       hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' LIMIT 1"),
       deleteAfter: s("DELETE FROM log WHERE idx > ?"),
       lastIndexAtOrBeforeEpoch: s("SELECT max(idx) AS idx FROM log WHERE epoch <= ?"),
-      dedupGet: s("SELECT log_idx, response FROM dedup WHERE client_id = ? AND request_id = ?"),
-      dedupPut: s("INSERT INTO dedup (client_id, request_id, log_idx, response) VALUES (?, ?, ?, ?)"),
+      dedupGet: s("SELECT log_idx, op, actor, response FROM dedup WHERE client_id = ? AND request_id = ?"),
+      dedupPut: s("INSERT INTO dedup (client_id, request_id, log_idx, op, actor, response) VALUES (?, ?, ?, ?, ?, ?)"),
       dedupPrune: s("DELETE FROM dedup WHERE client_id = ? AND request_id <= ?"),
       metaGet: s("SELECT value FROM meta WHERE key = ?"),
       metaPut: s("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
@@ -133,7 +136,7 @@ export class Store {
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
     this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command));
     if (entry.clientId !== null && entry.requestId !== null) {
-      this.statements.dedupPut.run(entry.clientId, entry.requestId, entry.index, JSON.stringify(result.data));
+      this.statements.dedupPut.run(entry.clientId, entry.requestId, entry.index, entry.command.op, actorOf(entry.command), JSON.stringify(result.data));
       this.statements.dedupPrune.run(entry.clientId, entry.requestId - dedupWindow);
     }
     this.last = { index: entry.index, epoch: entry.epoch };
@@ -175,9 +178,9 @@ export class Store {
     return this.statements.hasBootstrap.get() !== undefined;
   }
 
-  dedupLookup(clientId: string, requestId: number): { logIndex: number; data: Record<string, unknown> } | undefined {
-    const row = this.statements.dedupGet.get(clientId, requestId) as { log_idx: number; response: string } | undefined;
-    return row ? { logIndex: row.log_idx, data: JSON.parse(row.response) } : undefined;
+  dedupLookup(clientId: string, requestId: number): DedupRecord | undefined {
+    const row = this.statements.dedupGet.get(clientId, requestId) as { log_idx: number; op: string; actor: number | null; response: string } | undefined;
+    return row ? { logIndex: row.log_idx, op: row.op, actor: row.actor, data: JSON.parse(row.response) } : undefined;
   }
 
   // ---- recovery --------------------------------------------------------------

@@ -82,13 +82,16 @@ CREATE TABLE IF NOT EXISTS read_markers (
 CREATE TABLE IF NOT EXISTS notices (
   user_id     INTEGER NOT NULL,
   seq         INTEGER NOT NULL,
+  ord         INTEGER NOT NULL,         -- order among the events of one entry
   body        TEXT    NOT NULL,
-  PRIMARY KEY (user_id, seq, body)
+  PRIMARY KEY (user_id, seq, ord)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dedup (
   client_id   TEXT    NOT NULL,
   request_id  INTEGER NOT NULL,
   log_idx     INTEGER NOT NULL,
+  op          TEXT    NOT NULL,         -- what was asked: a retry must ask the same thing
+  actor       INTEGER,                  -- on whose behalf (user id), null for register
   response    TEXT    NOT NULL,
   PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;

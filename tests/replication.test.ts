@@ -182,7 +182,8 @@ suite("replication scenarios", () => {
       await progress(ws, 30);
     });
     await c.waitForInSync([1, 2, 3]);
-    expect((await c.status(old))?.role).toBe("backup");
+    // It rejoined through a newer primary (under heavy load it may later lead again, legitimately).
+    expect(c.readLog(old)).toMatch(/"reason":"joined epoch ([2-9]|\d\d+)"/);
     const report = await checkInvariants(c, ws, [1, 2, 3]);
     const snapshotBodies = (await import("./helpers/writer.js")).snapshot(c, old).bodies;
     expect(snapshotBodies.get("s5-written-to-frozen-primary") ?? 0).toBe(0);
