@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { ClusterConfig, Machine } from "../../connections/consts.js";
 import { TestClient } from "./client.js";
+import { LinkProxy } from "../fault/proxy.js";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
 
@@ -32,6 +33,10 @@ export type ClusterOptions = {
   env?: Record<string, string>;
   /** Wrap the command, e.g. ["ip", "netns", "exec", "ns1"] per server id. */
   wrap?: (id: number) => string[];
+  /** Route every peer link through a LinkProxy (for network-fault tests). */
+  proxyLinks?: boolean;
+  /** Seeded randomness for the proxies' drop decisions. */
+  random?: () => number;
 };
 
 export class TestCluster {
@@ -40,6 +45,8 @@ export class TestCluster {
   readonly configPath: string;
   private readonly processes = new Map<number, ResultPromise>();
   private readonly clients: TestClient[] = [];
+  /** Proxies by "i-j" (i dials j), when proxyLinks is on. */
+  readonly proxies = new Map<string, LinkProxy>();
 
   private constructor(dir: string, config: ClusterConfig, private readonly options: ClusterOptions) {
     this.dir = dir;
@@ -61,7 +68,46 @@ export class TestCluster {
       initialMembers: machines.slice(0, options.servers).map((machine) => machine.id),
     };
     const dir = mkdtempSync(join(tmpdir(), "chatplus-"));
-    return new TestCluster(dir, config, options);
+    const cluster = new TestCluster(dir, config, options);
+    if (options.proxyLinks) await cluster.setUpProxies();
+    return cluster;
+  }
+
+  /** One proxy per pair; server i's own config file points its dial to j at the proxy. */
+  private async setUpProxies(): Promise<void> {
+    const random = this.options.random ?? Math.random;
+    const order = this.config.machines.map((machine) => machine.id);
+    for (const dialer of this.config.machines) {
+      const machines = [];
+      for (const target of this.config.machines) {
+        if (order.indexOf(dialer.id) >= order.indexOf(target.id)) {
+          machines.push(target);
+          continue;
+        }
+        const proxy = new LinkProxy(dialer.id, target.id, target.peerPort, random);
+        await proxy.listen();
+        this.proxies.set(`${dialer.id}-${target.id}`, proxy);
+        machines.push({ ...target, peerPort: proxy.port });
+      }
+      writeFileSync(this.configFileFor(dialer.id), JSON.stringify({ ...this.config, machines }, null, 2));
+    }
+  }
+
+  /** The proxy carrying the link between servers a and b (either order). */
+  proxy(a: number, b: number): LinkProxy {
+    const proxy = this.proxies.get(`${Math.min(a, b)}-${Math.max(a, b)}`);
+    if (!proxy) throw new Error(`no proxy between ${a} and ${b} (create the cluster with proxyLinks)`);
+    return proxy;
+  }
+
+  /** Faults on frames sent by server `from` to server `to`. */
+  link(from: number, to: number) {
+    const proxy = this.proxy(from, to);
+    return from === proxy.from ? proxy.forward : proxy.backward;
+  }
+
+  private configFileFor(id: number): string {
+    return this.options.proxyLinks ? join(this.dir, `cluster-${id}.json`) : this.configPath;
   }
 
   machine(id: number): Machine {
@@ -89,7 +135,7 @@ export class TestCluster {
   /** Starts server `id` and resolves once it accepts client connections. */
   async start(id: number): Promise<void> {
     if (this.processes.has(id)) throw new Error(`server ${id} already running`);
-    const args = ["--import", "tsx", join(repoRoot, "server.ts"), "--id", String(id), "--config", this.configPath, "--data", this.dataDir(id), "--log-file", this.logFile(id)];
+    const args = ["--import", "tsx", join(repoRoot, "server.ts"), "--id", String(id), "--config", this.configFileFor(id), "--data", this.dataDir(id), "--log-file", this.logFile(id)];
     const wrap = this.options.wrap?.(id) ?? [];
     const command = wrap.length > 0 ? wrap[0] : process.execPath;
     const fullArgs = wrap.length > 0 ? [...wrap.slice(1), process.execPath, ...args] : args;
@@ -209,6 +255,7 @@ export class TestCluster {
   /** Stops every process this cluster started (by PID), closes clients, removes the data directory. */
   async destroy(options: { keepData?: boolean } = {}): Promise<void> {
     for (const client of this.clients) client.close();
+    for (const proxy of this.proxies.values()) proxy.close();
     for (const [, child] of this.processes) {
       if (child.pid) {
         try {
