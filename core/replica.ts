@@ -64,7 +64,15 @@ export type ReplicaOptions = {
 };
 
 type PeerState = { linkUp: boolean; lastHeard: number; status?: Status; statusAt: number };
-type Follower = { nextIndex: number; ackIndex: number; member: boolean; lastSend: number; reconfirm: boolean };
+type Follower = {
+  nextIndex: number;
+  ackIndex: number;
+  member: boolean;
+  lastSend: number;
+  reconfirm: boolean;
+  /** When its ack last advanced, or when it was last fully caught up. */
+  lastProgress: number;
+};
 type Candidacy = {
   epoch: number;
   path: "continuous" | "restart";
@@ -431,8 +439,10 @@ export class Replica {
 
   private primaryTick(actions: Action[], now: number): void {
     const config = this.config();
-    // A silent member is removed from the in-sync set before anything else commits.
-    const dead = config.members.filter((id) => id !== this.id && !this.alive(id));
+    this.retransmit(now);
+    // A silent member, or one that has stopped acknowledging, is removed from the in-sync set
+    // before anything else commits.
+    const dead = config.members.filter((id) => id !== this.id && (!this.alive(id) || this.stalled(id, now)));
     if (dead.length > 0) {
       const members = config.members.filter((id) => !dead.includes(id));
       for (const id of dead) this.followers.delete(id);
@@ -458,6 +468,26 @@ export class Replica {
       }
     }
     void now;
+  }
+
+  /** Behind, and no ack progress for a peer timeout: alive perhaps, but useless to commit with. */
+  private stalled(id: NodeId, now: number): boolean {
+    const follower = this.followers.get(id);
+    if (!follower || follower.ackIndex >= this.persistedIndex) return false;
+    return now - follower.lastProgress > this.timing.peerTimeoutMs;
+  }
+
+  /** An append or its ack can be lost (a dropped link, a lossy network): resend from the last ack. */
+  private retransmit(now: number): void {
+    for (const follower of this.followers.values()) {
+      if (follower.ackIndex >= this.log.lastIndex) {
+        follower.lastProgress = now;
+        continue;
+      }
+      if (follower.nextIndex > this.log.lastIndex + 1) continue; // waiting for a joiner to truncate
+      const quiet = now - Math.max(follower.lastProgress, follower.lastSend);
+      if (follower.nextIndex > follower.ackIndex + 1 && quiet > 3 * this.timing.heartbeatIntervalMs) follower.nextIndex = follower.ackIndex + 1;
+    }
   }
 
   private proposeConfig(actions: Action[], members: NodeId[], reason: string): void {
@@ -489,7 +519,10 @@ export class Replica {
     if (this.role !== "primary" || message.epoch !== this.promised) return;
     const follower = this.followers.get(from);
     if (!follower) return;
-    follower.ackIndex = Math.max(follower.ackIndex, message.lastIndex);
+    if (message.lastIndex > follower.ackIndex) {
+      follower.ackIndex = message.lastIndex;
+      follower.lastProgress = now;
+    }
     if (follower.nextIndex <= follower.ackIndex) follower.nextIndex = follower.ackIndex + 1;
     this.advanceCommit(actions);
     this.replicate(actions, now);
@@ -538,7 +571,7 @@ export class Replica {
     let follower = this.followers.get(from);
     const member = this.config().members.includes(from);
     if (!follower) {
-      follower = { nextIndex: 1, ackIndex: 0, member, lastSend: now, reconfirm: false };
+      follower = { nextIndex: 1, ackIndex: 0, member, lastSend: now, reconfirm: false, lastProgress: now };
       this.followers.set(from, follower);
     }
     // A member asking to join lost its eligibility (it froze or restarted): once it has caught up it
@@ -826,7 +859,7 @@ export class Replica {
       if (id === this.id) continue;
       const ok = candidacy.oks.get(id)!;
       const shared = Math.min(ok.lastIndex, this.log.lastIndex);
-      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now, reconfirm: false });
+      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now, reconfirm: false, lastProgress: now });
     }
     // A member whose log is not a prefix of ours is told to truncate by the append it nacks.
     this.setRole(actions, "primary", false, `took over epoch ${candidacy.epoch} with members ${candidacy.members.join(",")}`);
