@@ -196,6 +196,10 @@ export class Replica {
     const gap = now - this.lastNow;
     this.lastNow = Math.max(this.lastNow, now);
     if (gap <= this.timing.freezeDetectMs) return [];
+    // A primary alone in its in-sync set cannot have been replaced while it was frozen: every
+    // election needs to reach a member of the newest config, and it is the only one.
+    const config = this.config();
+    if (this.role === "primary" && this.serving && config.members.length === 1 && config.members[0] === this.id) return [];
     const actions: Action[] = [{ type: "frozen", gapMs: gap }];
     this.loseEligibility();
     this.joinSentAt = -Infinity;

@@ -1,17 +1,26 @@
 // Accounts, sessions and user listing, against one real server process over TCP with a real SQLite file.
 // Every failure is checked by its error code, and a failed request is checked to have changed nothing.
 import { readFileSync, existsSync } from "node:fs";
-import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { afterAll, beforeAll, describe, expect } from "vitest";
 import { anonymousRequestTypes, requestTypes } from "../connections/schema.js";
-import { ChatServer, defaultPassword, errorOf, uniqueChannel, uniqueName, waitForPush, waitUntil } from "./chat-support.js";
+import { ChatServer, serverTest, defaultPassword, errorOf, uniqueChannel, uniqueName, waitForPush, waitUntil } from "./chat-support.js";
 
 let server: ChatServer;
+/** `test`, retried only when the server stepped down meanwhile (see serverTest). */
+const it = serverTest(() => server);
 beforeAll(async () => {
   server = await ChatServer.start();
 });
 afterAll(async () => {
   await server?.stop();
 });
+
+let twoCharacterNames = 0;
+/** A 2-character username (the shortest allowed) not used before in this file. */
+function twoCharacterName(): string {
+  twoCharacterNames += 1;
+  return `q${twoCharacterNames.toString(36)}`;
+}
 
 /** Every key anywhere inside a JSON value. */
 function allKeys(value: unknown, into: string[] = []): string[] {
@@ -26,7 +35,7 @@ function allKeys(value: unknown, into: string[] = []): string[] {
 }
 
 describe("register", () => {
-  test("registering returns a token and seq, joins #general and #random, and no response carries a password, salt or hash", async () => {
+  it("registering returns a token and seq, joins #general and #random, and no response carries a password, salt or hash", async () => {
     // Goal: the register response is what a client needs and nothing secret. Method: register, list
     // channels, then search every frame the connection received for secret keys and values.
     const username = uniqueName("reg");
@@ -53,7 +62,7 @@ describe("register", () => {
     expect(allKeys(client.frames).filter((key) => /password|salt|hash|sessionId/i.test(key))).toEqual([]);
   });
 
-  test("usernames are unique ignoring case: a second registration answers CHAT_ERR_NAME_TAKEN and changes nothing", async () => {
+  it("usernames are unique ignoring case: a second registration answers CHAT_ERR_NAME_TAKEN and changes nothing", async () => {
     const username = uniqueName("Case");
     await server.register(username);
     const before = server.snapshot();
@@ -64,7 +73,7 @@ describe("register", () => {
     expect(server.snapshot()).toEqual(before);
   });
 
-  test("invalid usernames and passwords answer CHAT_ERR_BAD_REQUEST and change nothing", async () => {
+  it("invalid usernames and passwords answer CHAT_ERR_BAD_REQUEST and change nothing", async () => {
     const client = await server.hello();
     const good = uniqueName("ok");
     const cases: Record<string, unknown>[] = [
@@ -84,12 +93,12 @@ describe("register", () => {
     for (const fields of cases) expect(await errorOf(client, "register", fields), JSON.stringify(fields)).toBe("CHAT_ERR_BAD_REQUEST");
     expect(server.snapshot()).toEqual(before);
     // The boundary values are accepted: 2- and 32-character names, 8-character passwords.
-    await (await server.hello()).ok("register", { username: "q7", password: "exactly8" });
+    await (await server.hello()).ok("register", { username: twoCharacterName(), password: "exactly8" });
     await (await server.hello()).ok("register", { username: `Q${uniqueName("long")}`.padEnd(32, "z"), password: "p".repeat(256) });
     await client.ok("register", { username: good, password: "exactly8" });
   });
 
-  test("the password is never stored in clear: the users table holds a salt and a scrypt hash, and no byte of the database holds the password", async () => {
+  it("the password is never stored in clear: the users table holds a salt and a scrypt hash, and no byte of the database holds the password", async () => {
     // Goal: a stolen database does not reveal passwords. Method: register with a distinctive password,
     // then search every column of every table, the raw database and WAL files, and the server's log.
     const username = uniqueName("store");
@@ -123,7 +132,7 @@ describe("register", () => {
 });
 
 describe("login, auth and logout", () => {
-  test("login returns a token, unread counts and the seq to resume pushes from", async () => {
+  it("login returns a token, unread counts and the seq to resume pushes from", async () => {
     const target = uniqueName("login");
     const sender = uniqueName("sender");
     const { client: first } = await server.register(target);
@@ -142,7 +151,7 @@ describe("login, auth and logout", () => {
     expect(JSON.stringify(client.frames)).not.toContain(defaultPassword);
   });
 
-  test("a wrong password and an unknown user both answer CHAT_ERR_BAD_CREDENTIALS and leave the connection logged out", async () => {
+  it("a wrong password and an unknown user both answer CHAT_ERR_BAD_CREDENTIALS and leave the connection logged out", async () => {
     const username = uniqueName("creds");
     await server.register(username);
     const client = await server.hello();
@@ -153,7 +162,7 @@ describe("login, auth and logout", () => {
     expect(server.snapshot()).toEqual(before);
   });
 
-  test("a logged-in connection answers CHAT_ERR_ALREADY_LOGGED_IN to login and register", async () => {
+  it("a logged-in connection answers CHAT_ERR_ALREADY_LOGGED_IN to login and register", async () => {
     const username = uniqueName("twice");
     const { client } = await server.register(username);
     const before = server.snapshot();
@@ -162,7 +171,7 @@ describe("login, auth and logout", () => {
     expect(server.snapshot()).toEqual(before);
   });
 
-  test("a token resumes the session on a new connection; forged and garbage tokens answer CHAT_ERR_BAD_SESSION", async () => {
+  it("a token resumes the session on a new connection; forged and garbage tokens answer CHAT_ERR_BAD_SESSION", async () => {
     const username = uniqueName("token");
     const { token } = await server.register(username);
     const { client, data } = await server.auth(token);
@@ -190,7 +199,7 @@ describe("login, auth and logout", () => {
     expect(await errorOf(fresh, "auth", { token: "" })).toBe("CHAT_ERR_BAD_REQUEST");
   });
 
-  test("every request that needs a session answers CHAT_ERR_NOT_LOGGED_IN without one, and changes nothing", async () => {
+  it("every request that needs a session answers CHAT_ERR_NOT_LOGGED_IN without one, and changes nothing", async () => {
     // Valid fields for each type, so the only thing wrong is the missing session.
     const validFields: Record<string, Record<string, unknown>> = {
       logout: {},
@@ -219,7 +228,7 @@ describe("login, auth and logout", () => {
     expect(server.snapshot()).toEqual(before);
   });
 
-  test("after logout the token no longer works: not on a new connection, and not on another connection that used it", async () => {
+  it("after logout the token no longer works: not on a new connection, and not on another connection that used it", async () => {
     const username = uniqueName("logout");
     const { client, token } = await server.register(username);
     const { client: second } = await server.auth(token);
@@ -234,7 +243,7 @@ describe("login, auth and logout", () => {
     expect(data.token).not.toBe(token);
   });
 
-  test("identity comes from the session: requests naming a sender (from, actor, user) answer CHAT_ERR_BAD_REQUEST and change nothing", async () => {
+  it("identity comes from the session: requests naming a sender (from, actor, user) answer CHAT_ERR_BAD_REQUEST and change nothing", async () => {
     const alice = uniqueName("idA");
     const bob = uniqueName("idB");
     const { client } = await server.register(alice);
@@ -260,7 +269,7 @@ describe("login, auth and logout", () => {
 });
 
 describe("delete_account", () => {
-  test("a wrong password answers CHAT_ERR_BAD_CREDENTIALS and changes nothing", async () => {
+  it("a wrong password answers CHAT_ERR_BAD_CREDENTIALS and changes nothing", async () => {
     const username = uniqueName("keep");
     const { client } = await server.register(username);
     const before = server.snapshot();
@@ -270,7 +279,7 @@ describe("delete_account", () => {
     await server.login(username);
   });
 
-  test("deleting an account ends its sessions, frees the name, drops its undelivered queue, passes its admin role to the longest-standing member, and keeps its DM history readable", async () => {
+  it("deleting an account ends its sessions, frees the name, drops its undelivered queue, passes its admin role to the longest-standing member, and keeps its DM history readable", async () => {
     // Goal: every promise delete_account makes. Method: give the victim a channel with two other
     // members, delivered and undelivered DMs and two sessions; delete; check each consequence.
     const victim = uniqueName("victim");
@@ -338,7 +347,7 @@ describe("delete_account", () => {
 });
 
 describe("list_users", () => {
-  test("patterns match with * and ? ignoring case, results are sorted and paged with after/next", async () => {
+  it("patterns match with * and ? ignoring case, results are sorted and paged with after/next", async () => {
     const prefix = uniqueName("lu").toLowerCase();
     const names = [`${prefix}-alpha`, `${prefix}-alps`, `${prefix}-b1`, `${prefix}-beta`, `${prefix}-c`];
     for (const name of names) await server.register(name);
@@ -370,7 +379,7 @@ describe("list_users", () => {
     }
   });
 
-  test("the online flag is true while a user has a session and false once every session is closed", async () => {
+  it("the online flag is true while a user has a session and false once every session is closed", async () => {
     const username = uniqueName("online");
     const { client: looker } = await server.register(uniqueName("looker"));
     const { client: first } = await server.register(username);

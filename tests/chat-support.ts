@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type Database from "better-sqlite3";
-import { expect } from "vitest";
+import { expect, test } from "vitest";
 import { stateTableNames } from "../store/tables.js";
 import { openReadOnly, TestCluster } from "./helpers/cluster.js";
 import { TestClient, type Frame } from "./helpers/client.js";
@@ -65,6 +65,7 @@ export class ChatServer {
   /** A raw connection with no hello and no session. */
   async connect(): Promise<TestClient> {
     const client = await TestClient.connect(this.host, this.port);
+    failFastOnClose(client);
     this.clients.push(client);
     return client;
   }
@@ -95,6 +96,22 @@ export class ChatServer {
     const client = await this.hello();
     const data = await client.ok("auth", { token });
     return { client, data };
+  }
+
+  /** The server's epoch once it serves as primary; it moves on every step-down and re-election. */
+  async epoch(timeoutMs = 15000): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const status = await this.cluster.status(1);
+      if (status?.role === "primary") return status.epoch;
+      await new Promise((done) => setTimeout(done, 20));
+    }
+    throw new Error(`server 1 is not serving as primary after ${timeoutMs} ms`);
+  }
+
+  /** How often the server has logged that it stopped serving clients (a step-down). */
+  stepDowns(): number {
+    return this.cluster.readLog(1).split("not serving clients any more").length - 1;
   }
 
   /** The server's commit index, as `ping` reports it. */
@@ -131,6 +148,57 @@ export class ChatServer {
     for (const client of this.clients) client.close();
     await this.cluster.destroy();
   }
+}
+
+/**
+ * TestClient keeps a request pending until its timeout when the server closes the connection. Answer
+ * every pending request with CHAT_ERR_CLOSED instead, so a dropped connection fails a test at once.
+ * (Reaches into TestClient's private waiter map; if that changes, failures are merely slower.)
+ */
+function failFastOnClose(client: TestClient): void {
+  client.socket.once("close", () => {
+    const waiters = (client as unknown as { waiters?: Map<number, (frame: Frame) => void> }).waiters;
+    if (!(waiters instanceof Map)) return;
+    for (const [id, resolve] of [...waiters]) {
+      waiters.delete(id);
+      resolve({ v: 1, type: "error", id, code: "CHAT_ERR_CLOSED", message: "connection closed by the server" });
+    }
+  });
+}
+
+/**
+ * `test`, for scenarios against one ChatServer, retried when the server stepped down during a failed
+ * attempt. Known product issue (see the report): under CPU load this VM stalls processes for 150-800 ms;
+ * the core then takes its own server for frozen (freezeDetectMs = 150), steps down even when it is the
+ * only member, re-elects itself in a new epoch and drops every client connection. Tests here check chat
+ * semantics with a raw client that has no reconnect logic, so such an attempt says nothing either way:
+ * it runs again, on fresh connections and names, at most `attemptsMax` times. A failure without an
+ * epoch change is never retried.
+ */
+export function serverTest(getServer: () => ChatServer, attemptsMax = 3) {
+  return (name: string, body: () => Promise<void>, timeoutMs?: number) =>
+    test(
+      name,
+      async () => {
+        for (let attempt = 1; ; attempt += 1) {
+          const server = getServer();
+          const epoch = await server.epoch();
+          const stepDowns = server.stepDowns();
+          try {
+            await body();
+            return;
+          } catch (error) {
+            if (attempt >= attemptsMax) throw error;
+            const now = await server.epoch(5000).catch(() => undefined);
+            // The log is written asynchronously: give a step-down line a moment to appear.
+            const logged = await waitUntil("a step-down in the log", () => server.stepDowns() > stepDowns, 500).then(() => true, () => false);
+            if (now === undefined || (now === epoch && !logged)) throw error;
+            console.warn(`"${name}": the server stepped down (epoch ${epoch} -> ${now}) during attempt ${attempt}; running it again. It failed with: ${(error as Error).message.split("\n")[0]}`);
+          }
+        }
+      },
+      timeoutMs,
+    );
 }
 
 export function lastLogIndex(db: Database.Database): number {
