@@ -531,7 +531,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     assert(clientIdPattern.test(this.clientId), "clientId must be 8 to 64 of [A-Za-z0-9_-]");
     this.random = options.random ?? Math.random;
     this.hooks = options.hooks ?? {};
-    this.logger = (options.logger ?? pino({ level: "silent" })).child({ component: "connector", clientId: this.clientId });
+    this.logger = (options.logger ?? pino({ level: "silent" })).child({ component: "connector" }); // never the clientId: it is a secret (docs/protocol.md §13)
   }
 
   // ---- observation ----------------------------------------------------------------------------------
@@ -775,28 +775,31 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     const error = new ServerError(frame.code as ErrorCode, frame.message, frame.primary);
     request.lastError = error;
     if (frame.code === errorCodes.NOT_PRIMARY) return this.onNotPrimary(request, link, error);
-    if (frame.code === errorCodes.UNAVAILABLE) return this.onUnavailable(request, error);
+    if (frame.code === errorCodes.UNAVAILABLE || frame.code === errorCodes.OVERLOADED) return this.onTransientError(request, error);
     this.finish(request, error);
   }
 
-  /** Follows the primary hint (or rediscovers) up to redirectsMax times for this request. */
+  /**
+   * Not applied; the request waits for the next primary. Its first redirectsMax answers send the
+   * search to the server the hint names; after that the whole list is searched (the retry budget
+   * still bounds the request).
+   */
   private onNotPrimary(request: PendingRequest, link: FrameConnection, error: ServerError): void {
     request.redirects += 1;
-    if (request.redirects > this.settings.redirectsMax) {
-      const typed = exhaustedError({ type: request.type, id: request.id, write: request.write, unanswered: request.unanswered, onWire: false }, this.settings.retryBudgetMs, error);
-      typed.message = `${request.type} #${request.id}: more than ${this.settings.redirectsMax} redirects (${typed.message})`;
-      return this.finish(request, typed);
-    }
-    const hint = error.primary && error.primary.id !== link.machine.id ? error.primary.id : null;
-    this.logger.info({ id: request.id, server: link.machine.id, hint }, "not primary; rediscovering");
+    const hinted = error.primary && error.primary.id !== link.machine.id ? error.primary.id : null;
+    const hint = request.redirects <= this.settings.redirectsMax ? hinted : null;
+    this.logger.info({ id: request.id, server: link.machine.id, hint, redirects: request.redirects }, "not primary; rediscovering");
     if (this.link === link) void this.rediscover(`server ${link.machine.id} is not the primary`, hint);
   }
 
-  /** The server lost its primacy with this write pending: outcome unknown, retry after a backoff. */
-  private onUnavailable(request: PendingRequest, error: ServerError): void {
-    if (request.write) request.unanswered = true;
+  /**
+   * CHAT_ERR_UNAVAILABLE (the server lost its primacy with this write pending: outcome unknown) or
+   * CHAT_ERR_OVERLOADED (not applied): resend with the same id after a backoff.
+   */
+  private onTransientError(request: PendingRequest, error: ServerError): void {
+    if (request.write && error.code === errorCodes.UNAVAILABLE) request.unanswered = true;
     const delay = backoffDelayMs(request.attempts, this.settings.retryBackoffMinMs, this.settings.retryBackoffMaxMs, this.random);
-    this.logger.info({ id: request.id, delay, message: error.message }, "server unavailable; retrying");
+    this.logger.info({ id: request.id, delay, code: error.code }, "transient server error; retrying");
     request.retryTimer = setTimeout(() => {
       request.retryTimer = null;
       this.sendPending(request);
@@ -859,7 +862,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
 
   private onMachineDown(id: number, reason: string): void {
     if (this.link && this.link.machine.id === id && this.currentState === "ready") {
-      void this.rediscover(`primary ${id} stopped answering pings (${reason})`);
+      void this.rediscover(`lost contact with primary ${id} (${reason})`);
     }
   }
 
@@ -868,8 +871,10 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     if (hintId !== null) this.discoveryHint = hintId;
     if (this.closed) return Promise.resolve();
     if (!this.discovery) {
-      this.discovery = this.runDiscovery(reason).finally(() => {
-        this.discovery = null;
+      const run = this.runDiscovery(reason);
+      this.discovery = run;
+      void run.finally(() => {
+        if (this.discovery === run) this.discovery = null;
       });
     }
     return this.discovery;
@@ -951,6 +956,8 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     if (connection.closed || this.link !== connection || this.closed) return false;
     this.lag = this.monitors.get(connection.machine.id)?.health.rttMs ?? null;
     this.everReady = true;
+    // This run is over: a link failure from here on must start a new discovery, not join this one.
+    this.discovery = null;
     this.setState("ready", connection.machine.id, `connected to server ${connection.machine.id} (epoch ${status.epoch})`);
     this.flushPending();
     return true;

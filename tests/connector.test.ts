@@ -1,4 +1,5 @@
 // ClientConnector: failover, exactly-once retries, push resume and typed errors, against real servers.
+import net from "node:net";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
@@ -213,30 +214,75 @@ describe("ClientConnector with a real 3-server cluster", () => {
   it("a session and its pushes survive failover: auth is replayed and missed events are fetched", async () => {
     // Goal: after a failover the connector is still logged in without the password, and events
     // committed while it was away are delivered once.
-    // Method: kill the primary, have a second client post while the first is failing over, then
-    // check the first saw the post and can still do logged-in requests.
+    // Method: the watcher reaches the servers through TCP proxies. We kill the primary while the
+    // proxies refuse new connections, so the watcher cannot reconnect; a second client posts; then
+    // the proxies open again. The watcher must get that post (from events_since) exactly once and
+    // still be able to do logged-in requests.
     const running = await startCluster();
-    const watcher = newConnector(running, "watcher");
-    const talker = newConnector(running, "talker");
-    await Promise.all([watcher.connect(), talker.connect()]);
-    await watcher.register("watcher", password);
-    await talker.register("talker", password);
-    const seen: ChatEvent[] = [];
-    watcher.on("event", (event) => seen.push(event));
-    const sessionEvents: unknown[] = [];
-    watcher.on("session", (session) => sessionEvents.push(session));
-    const primary = await running.waitForPrimary();
-    await running.kill(primary);
-    await talker.post("general", "while you were away");
-    await waitUntil(() => seen.some((event) => event.event.kind === "message" && event.event.message.body === "while you were away"), 15000, "the missed post");
-    expect(watcher.session).toEqual({ username: "watcher" });
-    expect(sessionEvents).toEqual([]);
-    const dm = await watcher.sendDm("talker", "still logged in");
-    expect(dm.from).toBe("watcher");
-    await sleep(300);
-    expect(seen.filter((event) => event.event.kind === "message" && event.event.message.body === "while you were away")).toHaveLength(1);
+    const proxies = await Promise.all(running.config.machines.map((machine) => Proxy.start(machine.host, machine.clientPort)));
+    const proxied = { ...running.config, machines: running.config.machines.map((machine, i) => ({ ...machine, clientPort: proxies[i].port })) };
+    const watcher = new ClientConnector(proxied, { logger: pino({ level: "debug" }, pino.destination({ dest: join(running.dir, "connector-watcher.log"), sync: true })) });
+    connectors.push(watcher);
+    try {
+      const talker = newConnector(running, "talker");
+      await Promise.all([watcher.connect(), talker.connect()]);
+      await watcher.register("watcher", password);
+      await talker.register("talker", password);
+      const seen: ChatEvent[] = [];
+      watcher.on("event", (event) => seen.push(event));
+      const sessionEvents: unknown[] = [];
+      watcher.on("session", (session) => sessionEvents.push(session));
+      for (const proxy of proxies) proxy.refuseNew = true;
+      await running.kill(await running.waitForPrimary());
+      await talker.post("general", "while you were away");
+      expect(watcher.state).toBe("failing-over");
+      for (const proxy of proxies) proxy.refuseNew = false;
+      await waitUntil(() => seen.some((event) => event.event.kind === "message" && event.event.message.body === "while you were away"), 15000, "the missed post");
+      expect(watcher.session).toEqual({ username: "watcher" });
+      expect(sessionEvents).toEqual([]);
+      const dm = await watcher.sendDm("talker", "still logged in");
+      expect(dm.from).toBe("watcher");
+      await sleep(300);
+      expect(seen.filter((event) => event.event.kind === "message" && event.event.message.body === "while you were away")).toHaveLength(1);
+    } finally {
+      for (const proxy of proxies) proxy.close();
+    }
   });
 });
+
+/** A TCP forwarder that can refuse new connections, to keep one client away from the cluster. */
+class Proxy {
+  refuseNew = false;
+  private readonly sockets = new Set<net.Socket>();
+  private constructor(private readonly server: net.Server, readonly port: number) {}
+
+  static async start(host: string, targetPort: number): Promise<Proxy> {
+    let proxy: Proxy | undefined;
+    const server = net.createServer((incoming) => {
+      if (!proxy || proxy.refuseNew) return void incoming.destroy();
+      const outgoing = net.connect({ host, port: targetPort });
+      for (const socket of [incoming, outgoing]) {
+        proxy.sockets.add(socket);
+        socket.on("error", () => {});
+        socket.on("close", () => {
+          proxy?.sockets.delete(socket);
+          incoming.destroy();
+          outgoing.destroy();
+        });
+      }
+      incoming.pipe(outgoing);
+      outgoing.pipe(incoming);
+    });
+    await new Promise<void>((done) => server.listen(0, "127.0.0.1", () => done()));
+    proxy = new Proxy(server, (server.address() as net.AddressInfo).port);
+    return proxy;
+  }
+
+  close(): void {
+    this.server.close();
+    for (const socket of this.sockets) socket.destroy();
+  }
+}
 
 describe("connector decisions (no I/O)", () => {
   const machines: Machine[] = [1, 2, 3].map((id) => ({ id, host: "127.0.0.1", clientPort: 7000 + id, peerPort: 8000 + id }));

@@ -33,12 +33,16 @@ export interface World {
   runEvent(server: SimServer, label: string, run: () => void): void;
   at(time: number, run: () => void): void;
   trace(text: string): void;
+  /** Whether an armed crash may strike now (fault phase, and the fault model allows one more down). */
+  mayCrash(server: SimServer): boolean;
   send(from: number, to: number, message: PeerMessage): void;
   /** The server closed every client connection of generation `connection` (or older). */
   dropClientConnections(server: number, connection: number): void;
   respond(attempt: Attempt, outcome: ClientOutcome): void;
   onAck(server: SimServer, clientId: string, requestId: number, index: number): void;
   onServing(server: SimServer): void;
+  /** A `commit` action (a primary's commit index advanced). */
+  onCommit(server: SimServer, index: number): void;
   onTruncate(server: SimServer, afterIndex: number): void;
   onPromise(server: SimServer, epoch: number): void;
   onStorageViolation(server: SimServer, violation: StorageViolation): void;
@@ -282,7 +286,7 @@ export class SimServer {
     this.storage.append(entries, false);
     this.world.trace(`${this.id} propose [${first}..${first + entries.length - 1}] e${epoch} ${entries.map((entry) => (entry.clientId ? `${entry.clientId}#${entry.requestId}` : entry.command.op)).join(" ")}`);
     this.execute(this.core.onLocalProposed(entries, this.world.now));
-    if (this.armed?.kind === "fsync") throw new SimCrash("armed: crash during the primary's own fsync");
+    if (this.armed?.kind === "fsync" && this.world.mayCrash(this)) throw new SimCrash("armed: crash during the primary's own fsync");
     this.storage.sync();
     for (const [position, item] of batch.entries()) {
       if (item.clientId === null || item.requestId === null) continue;
@@ -304,7 +308,10 @@ export class SimServer {
     for (const action of actions) {
       if (this.armed?.kind === "actions") {
         this.armed.remaining -= 1;
-        if (this.armed.remaining < 0) throw new SimCrash("armed: crash between two actions");
+        if (this.armed.remaining < 0) {
+          if (this.world.mayCrash(this)) throw new SimCrash("armed: crash between two actions");
+          this.armed = null;
+        }
       }
       this.world.trace(`${this.id}   ${formatAction(action)}`);
       switch (action.type) {
@@ -327,6 +334,7 @@ export class SimServer {
           this.propose([{ clientId: null, requestId: null, command: freezeCommand(action.config), attempts: [] }]);
           break;
         case "commit":
+          this.world.onCommit(this, action.index);
           this.onCommit(action.index);
           break;
         case "role":
