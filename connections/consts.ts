@@ -54,6 +54,8 @@ export const replicationBatchEntriesMax = 2000;
 export const replicationInflightEntriesMax = 20000;
 /** Client writes grouped into one SQLite transaction. */
 export const groupCommitRequestsMax = 512;
+/** A member we cannot reach counts as dead (for elections) only after this long without contact; above the peer dial backoff. */
+export const unreachableGraceMs = 1000;
 /** A takeover that has not completed in this long is abandoned and retried. */
 export const takeoverWaitMs = 2000;
 

@@ -20,6 +20,7 @@ import {
   replicationInflightEntriesMax,
   takeoverWaitMs,
   tickIntervalMs,
+  unreachableGraceMs,
   type ClusterConfig,
   type Machine,
 } from "./consts.js";
@@ -112,6 +113,7 @@ export class ConnectionManager {
         freezeDetectMs,
         leaseMs,
         takeoverWaitMs,
+        unreachableGraceMs,
         batchEntriesMax: replicationBatchEntriesMax,
         inflightEntriesMax: replicationInflightEntriesMax,
       },

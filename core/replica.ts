@@ -45,6 +45,8 @@ export type Timing = {
   freezeDetectMs: number;
   leaseMs: number;
   takeoverWaitMs: number;
+  /** A member we cannot reach counts as dead only after this long without contact (links take time to (re)dial). */
+  unreachableGraceMs: number;
   batchEntriesMax: number;
   inflightEntriesMax: number;
 };
@@ -123,6 +125,18 @@ export class Replica {
   private lastHeartbeatAt = -Infinity;
 
   private candidacy: Candidacy | null = null;
+  /** Highest epoch seen in any message: a new candidacy must go above it. */
+  private highestEpochSeen = 0;
+  /** When we last (re)started recovering or became eligible: contact is measured from here. */
+  private contactBaseline: number;
+  /** Log prefix known to match the current primary's in this epoch (verified by an append's prev check). */
+  private matchedIndex = 0;
+  private matchedEpoch = -1;
+  /** When the primary last sent us an append (heartbeats do not count: they stream nothing). */
+  private lastAppendAt = -Infinity;
+  /** Join bookkeeping: whom we asked, and whether it has answered with an append or a truncate. */
+  private joinTarget: NodeId | null = null;
+  private joinAnswered = false;
 
   constructor(options: ReplicaOptions) {
     this.id = options.id;
@@ -133,6 +147,8 @@ export class Replica {
     this.random = options.random;
     this.promised = Math.max(options.promisedEpoch, options.log.lastEpoch);
     this.lastNow = options.now;
+    this.contactBaseline = options.now;
+    this.highestEpochSeen = this.promised;
     this.persistedIndex = options.log.lastIndex;
     for (const peer of this.order) if (peer !== this.id) this.peers.set(peer, { linkUp: false, lastHeard: -Infinity, statusAt: -Infinity });
     assert(this.order.includes(this.id), `server ${this.id} is in the machine list`);
@@ -203,6 +219,8 @@ export class Replica {
     const actions: Action[] = [{ type: "frozen", gapMs: gap }];
     this.loseEligibility();
     this.joinSentAt = -Infinity;
+    this.contactBaseline = now;
+    this.matchedIndex = 0;
     this.candidacy = null;
     this.followers.clear();
     this.primaryId = null;
@@ -236,6 +254,12 @@ export class Replica {
     state.linkUp = true;
     state.lastHeard = now;
     this.sendStatusTo(actions, peer);
+    // A candidate waiting on this member asks it now that it can.
+    const candidacy = this.candidacy;
+    if (candidacy?.phase === "collect" && candidacy.waitFor.has(peer) && !candidacy.oks.has(peer)) {
+      const config = this.config();
+      actions.push({ type: "send", to: peer, message: { t: "prepare", epoch: candidacy.epoch, configEpoch: config.epoch, configIndex: config.index } });
+    }
     return actions;
   }
 
@@ -256,6 +280,7 @@ export class Replica {
     const peer = this.peers.get(from);
     if (!peer) return actions;
     peer.lastHeard = now;
+    this.highestEpochSeen = Math.max(this.highestEpochSeen, epochIn(message));
     switch (message.t) {
       case "heartbeat":
         this.onHeartbeat(actions, from, message, now);
@@ -353,6 +378,17 @@ export class Replica {
     return peer !== undefined && this.isAlive(peer);
   }
 
+  /**
+   * Dead for election purposes: unreachable and no contact for unreachableGraceMs (counted from when
+   * we started recovering or became eligible, so a link that has simply not been dialed yet is not death).
+   */
+  private presumedDead(id: NodeId): boolean {
+    if (id === this.id || this.alive(id)) return false;
+    const peer = this.peers.get(id);
+    const lastContact = Math.max(peer?.lastHeard ?? -Infinity, this.contactBaseline);
+    return this.lastNow - lastContact > this.timing.unreachableGraceMs;
+  }
+
   private setRole(actions: Action[], role: Role, serving: boolean, reason: string): void {
     if (this.role === role && this.serving === serving) return;
     this.role = role;
@@ -371,7 +407,9 @@ export class Replica {
     const config = this.config();
     const member = config.members.includes(this.id);
     // Eligible once we hold, while running continuously, a config written by the live primary that names us.
-    if (member && this.freshConfigSeen && config.epoch === this.promised && config.primary === this.primaryId) {
+    // ...and only once that config entry is committed: an uncommitted one may vanish with its primary.
+    if (member && this.freshConfigSeen && config.epoch === this.promised && config.primary === this.primaryId && this.commitIndex >= config.index) {
+      if (!this.eligible) this.contactBaseline = this.lastNow;
       this.eligible = true;
       if (this.role === "recovering") this.setRole(actions, "backup", false, `joined epoch ${config.epoch}`);
     }
@@ -420,7 +458,8 @@ export class Replica {
     if (isMyPrimary && message.round > 0) {
       this.lastHeardPrimary = now;
       // An idle primary sends no appends; its heartbeat still tells us how far it has committed.
-      this.commitIndex = Math.max(this.commitIndex, Math.min(message.status.commitIndex, this.log.lastIndex));
+      if (this.matchedEpoch === message.status.epoch) this.commitIndex = Math.max(this.commitIndex, Math.min(message.status.commitIndex, this.matchedIndex));
+      if (!this.eligible) this.updateEligibility(actions);
       this.leasePromisedUntil = now + this.timing.leaseMs;
       actions.push({ type: "send", to: from, message: { t: "heartbeat_ack", epoch: this.promised, round: message.round } });
     }
@@ -602,8 +641,14 @@ export class Replica {
       this.setRole(actions, "recovering", false, `deposed by ${from} at epoch ${message.epoch}`);
     }
     if (message.epoch > this.promised) this.promise(actions, message.epoch);
+    if (this.primaryId !== from || this.matchedEpoch !== message.epoch) {
+      this.matchedIndex = 0;
+      this.matchedEpoch = message.epoch;
+    }
     this.primaryId = from;
     this.lastHeardPrimary = now;
+    this.lastAppendAt = now;
+    if (from === this.joinTarget) this.joinAnswered = true;
     if (this.role !== "backup" && this.role !== "recovering") this.setRole(actions, this.eligible ? "backup" : "recovering", false, `following ${from}`);
     const last = this.log.lastIndex;
     if (message.prevIndex > last || (message.prevIndex > 0 && this.log.epochAt(message.prevIndex) !== message.prevEpoch)) {
@@ -623,7 +668,10 @@ export class Replica {
       fresh.push(entry);
     }
     if (fresh.some((entry) => entry.command.op === "config" && (entry.command as ConfigCommand).members.includes(this.id))) this.freshConfigSeen = true;
-    this.commitIndex = Math.max(this.commitIndex, Math.min(message.commitIndex, last + fresh.length));
+    // Our log now matches the primary's through the end of this append.
+    const through = message.prevIndex + message.entries.length;
+    this.matchedIndex = Math.max(this.matchedIndex, Math.min(through, last + fresh.length));
+    this.commitIndex = Math.max(this.commitIndex, Math.min(message.commitIndex, this.matchedIndex));
     if (fresh.length === 0) {
       actions.push({ type: "send", to: from, message: { t: "append_ack", epoch: this.promised, lastIndex: last } });
       return;
@@ -639,15 +687,19 @@ export class Replica {
       this.becomeRecovering(actions, "primary lost while not eligible");
       return;
     }
-    // The primary is gone. The first eligible, live member of our config (in consts order) takes over.
+    // The primary is gone (or it was us, and we lost the role). The first member of our config in
+    // consts order that may be alive and eligible takes over. A member we cannot reach but have not
+    // yet given up on (see presumedDead) might be that one: wait for it rather than race it.
     const config = this.config();
+    const lost = primary === this.id ? null : primary;
     const successor = this.order.find((id) => {
-      if (id === primary || !config.members.includes(id)) return false;
+      if (id === lost || !config.members.includes(id)) return false;
       if (id === this.id) return true;
       const peer = this.peers.get(id)!;
-      return this.isAlive(peer) && peer.status?.eligible === true && peer.status.configEpoch === config.epoch && peer.status.configIndex === config.index;
+      if (!this.isAlive(peer)) return !this.presumedDead(id);
+      return peer.status?.eligible === true && peer.status.configEpoch === config.epoch && peer.status.configIndex === config.index;
     });
-    if (successor === this.id) this.startCandidacy(actions, now, "continuous", `primary ${primary} lost`);
+    if (successor === this.id) this.startCandidacy(actions, now, "continuous", `primary ${lost ?? "role"} lost`);
   }
 
   // ---- recovering ----------------------------------------------------------------
@@ -655,11 +707,16 @@ export class Replica {
   private loseEligibility(): void {
     this.eligible = false;
     this.freshConfigSeen = false;
+    this.joinTarget = null;
+    this.joinAnswered = false;
+    this.matchedIndex = 0;
   }
 
   private becomeRecovering(actions: Action[], reason: string): void {
     this.loseEligibility();
     this.joinSentAt = -Infinity;
+    this.contactBaseline = this.lastNow;
+    this.matchedIndex = 0;
     this.candidacy = null;
     this.followers.clear();
     this.primaryId = null;
@@ -670,30 +727,47 @@ export class Replica {
     // A serving primary exists: catch up from it.
     const primary = this.knownPrimary();
     if (primary !== null && primary !== this.id) {
-      // Joined already: the primary has streamed to us since we asked.
-      if (this.primaryId === primary && this.lastHeardPrimary > this.joinSentAt && now - this.lastHeardPrimary <= this.timing.peerTimeoutMs) return;
+      // Joined already: the primary we asked has answered with an append or a truncate.
+      if (this.joinTarget === primary && this.joinAnswered && this.primaryId === primary && now - this.lastAppendAt <= 4 * this.timing.peerTimeoutMs) return;
       if (now - this.joinSentAt >= this.timing.peerTimeoutMs) {
         this.joinSentAt = now;
+        this.joinTarget = primary;
+        this.joinAnswered = false;
         actions.push({ type: "send", to: primary, message: { t: "join", lastIndex: this.log.lastIndex, lastEpoch: this.log.lastEpoch } });
       }
       return;
     }
     if (now < this.candidacyNotBefore) return;
+    // Hear from everyone reachable before trusting what we know: a newer config may be a dial away.
+    if (now - this.contactBaseline < this.timing.unreachableGraceMs) return;
     // No primary. Elect only from the newest config any reachable server knows, and only once
     // every member of it is reachable: then its members together hold every acknowledged write.
     const latest = this.latestKnownConfig();
     if (!latest.members.every((id) => this.alive(id))) return;
     const someoneContinuous = latest.members.some((id) => id !== this.id && this.peers.get(id)?.status?.eligible === true);
     if (someoneContinuous) return; // an eligible member will take over through the continuous path
-    const first = this.order.find((id) => latest.members.includes(id));
-    if (first === this.id) this.startCandidacy(actions, now, "restart", `all ${latest.members.length} members of config epoch ${latest.epoch} reachable`);
+    // The member with the best log (last epoch, then last index; ties in consts order) leads: it
+    // holds the newest config, so the others cannot reject it as stale, and it needs to fetch nothing.
+    const logOf = (id: NodeId) => (id === this.id ? { lastEpoch: this.log.lastEpoch, lastIndex: this.log.lastIndex } : this.peers.get(id)!.status!);
+    if (!latest.members.every((id) => id === this.id || this.peers.get(id)?.status)) return;
+    let best: NodeId | null = null;
+    for (const id of this.order) {
+      if (!latest.members.includes(id)) continue;
+      const log = logOf(id);
+      if (best === null) best = id;
+      else {
+        const current = logOf(best);
+        if (log.lastEpoch > current.lastEpoch || (log.lastEpoch === current.lastEpoch && log.lastIndex > current.lastIndex)) best = id;
+      }
+    }
+    if (best === this.id) this.startCandidacy(actions, now, "restart", `all ${latest.members.length} members of config epoch ${latest.epoch} reachable; best log here`);
   }
 
-  private latestKnownConfig(): { epoch: number; members: NodeId[] } {
-    let best: { epoch: number; members: NodeId[] } = this.config();
+  private latestKnownConfig(): { epoch: number; index: number; members: NodeId[] } {
+    let best: { epoch: number; index: number; members: NodeId[] } = this.config();
     for (const peer of this.peers.values()) {
       if (!this.isAlive(peer) || !peer.status) continue;
-      if (peer.status.configEpoch > best.epoch) best = { epoch: peer.status.configEpoch, members: peer.status.members };
+      if (isNewerConfig(peer.status, best)) best = { epoch: peer.status.configEpoch, index: peer.status.configIndex, members: peer.status.members };
     }
     return best;
   }
@@ -701,11 +775,15 @@ export class Replica {
   private onJoinTruncate(actions: Action[], from: NodeId, message: PeerMessageOf<"join_truncate">): void {
     if (this.role === "primary" || this.candidacy) return;
     if (this.eligible) return; // a member's log never diverges from its primary's
+    if (from === this.joinTarget) this.joinAnswered = true;
+    this.matchedIndex = 0;
     const keep = Math.min(message.truncateTo, this.log.lastIndexAtOrBeforeEpoch(message.truncateEpoch), this.log.lastIndex);
     if (keep < this.log.lastIndex) actions.push({ type: "truncate", afterIndex: keep });
     // The truncate action runs before this send, so the log ends at `keep` when the primary reads it.
     const epochAtKeep = keep === 0 ? 0 : keep === this.log.lastIndex ? this.log.lastEpoch : this.log.epochAt(keep);
     this.joinSentAt = this.lastNow;
+    this.joinTarget = from;
+    this.joinAnswered = false;
     actions.push({ type: "send", to: from, message: { t: "join", lastIndex: keep, lastEpoch: epochAtKeep } });
   }
 
@@ -713,11 +791,12 @@ export class Replica {
 
   private startCandidacy(actions: Action[], now: number, path: Candidacy["path"], reason: string): void {
     const config = this.config();
-    let highest = Math.max(this.promised, config.epoch);
+    let highest = Math.max(this.promised, config.epoch, this.highestEpochSeen);
     for (const peer of this.peers.values()) if (peer.status) highest = Math.max(highest, peer.status.epoch);
     const epoch = highest + 1;
     const candidates = path === "restart" ? this.latestKnownConfig().members : config.members;
-    const waitFor = new Set(candidates.filter((id) => id !== this.id && this.alive(id)));
+    // Continuous path: wait for every member not presumed dead, reachable yet or not.
+    const waitFor = new Set(candidates.filter((id) => id !== this.id && (path === "restart" ? this.alive(id) : !this.presumedDead(id))));
     this.promise(actions, epoch);
     this.followers.clear();
     this.primaryId = null;
@@ -743,7 +822,7 @@ export class Replica {
     if (candidacy.phase !== "collect") return;
     // A member that died while we waited cannot hold anything the others lack: stop waiting for it.
     for (const id of [...candidacy.waitFor]) {
-      if (candidacy.path === "continuous" && !this.alive(id) && !candidacy.oks.has(id)) candidacy.waitFor.delete(id);
+      if (candidacy.path === "continuous" && this.presumedDead(id) && !candidacy.oks.has(id)) candidacy.waitFor.delete(id);
       if (candidacy.path === "restart" && !this.alive(id)) {
         this.abortCandidacy(actions, now, `member ${id} lost during restart election`, false);
         return;
@@ -892,4 +971,18 @@ export class Replica {
 /** Is config a newer than config b? Epoch first; within an epoch, the later log index. */
 function isNewerConfig(a: { configEpoch: number; configIndex: number }, b: { epoch: number; index: number }): boolean {
   return a.configEpoch > b.epoch || (a.configEpoch === b.epoch && a.configIndex > b.index);
+}
+
+/** The epoch a peer message speaks for, for tracking the highest epoch anyone has reached. */
+function epochIn(message: PeerMessage): number {
+  switch (message.t) {
+    case "heartbeat":
+      return message.status.epoch;
+    case "join":
+      return 0;
+    case "prepare_reject":
+      return Math.max(message.epoch, message.promised);
+    default:
+      return message.epoch;
+  }
 }

@@ -76,6 +76,7 @@ export const simTiming: Timing = {
   freezeDetectMs: consts.freezeDetectMs,
   leaseMs: consts.leaseMs,
   takeoverWaitMs: consts.takeoverWaitMs,
+  unreachableGraceMs: consts.unreachableGraceMs,
   batchEntriesMax: 4,
   inflightEntriesMax: 12,
 };
