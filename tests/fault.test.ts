@@ -17,3 +17,11 @@ for (let seed = firstSeed; seed < firstSeed + schedules; seed += 1) {
     expect(result.acknowledged).toBeGreaterThan(0);
   });
 }
+
+it("the checker can fail: with deduplication planted out of the servers, a fault schedule finds duplicated writes", { timeout: 180_000 }, async () => {
+  // tests/fault/plant.ts patches the server so retried requests are applied again; retries after
+  // failovers then show up as duplicated (and reordered) writes.
+  const result = await runFaultSchedule({ seed: 1, plant: "no-dedup" });
+  console.log(`planted no-dedup: ${result.summary}`);
+  expect(result.violations.some((violation) => violation.class === "duplicated")).toBe(true);
+});

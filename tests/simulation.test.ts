@@ -90,7 +90,7 @@ describe("the checker catches planted bugs", () => {
   // system passes and the planted one fails with one of the expected classes.
   for (const bug of plantedBugs) {
     it(`${bug.name}: ${bug.description}`, () => {
-      const seedsMax = 600;
+      const seedsMax = 3000;
       let caught: { seed: number; kinds: ViolationKind[] } | null = null;
       for (let seed = 1; seed <= seedsMax && caught === null; seed += 1) {
         const planted = runSeed({ seed, mode: bug.mode, decorate: bug.decorate, shellBugs: bug.shellBugs, timing: bug.timing });

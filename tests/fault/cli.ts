@@ -23,11 +23,12 @@ async function main(): Promise<void> {
       clients: { type: "string", default: "3" },
       "duration-ms": { type: "string", default: "6000" },
       verbose: { type: "boolean", default: false },
+      plant: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) return void process.stdout.write(usage);
-  const base = { clients: Number(values.clients), durationMs: Number(values["duration-ms"]), log: values.verbose ? (line: string) => process.stderr.write(`  ${line}\n`) : undefined };
+  const base = { clients: Number(values.clients), durationMs: Number(values["duration-ms"]), plant: values.plant as "no-dedup" | "ack-before-backups" | undefined, log: values.verbose ? (line: string) => process.stderr.write(`  ${line}\n`) : undefined };
   const deadline = values.soak ? Date.now() + Number(values.minutes ?? "30") * 60_000 : Infinity;
   const seeds: number[] = [];
   if (values.seed !== undefined) seeds.push(Number(values.seed));

@@ -17,6 +17,8 @@ export type FaultRunOptions = {
   durationMs?: number;
   fullRestartChance?: number;
   log?: (line: string) => void;
+  /** A planted bug (tests/fault/plant.ts) to load into every server. */
+  plant?: "no-dedup" | "ack-before-backups";
 };
 
 export type FaultRunResult = { seed: number; schedule: string[]; history: string; violations: Violation[]; summary: string; acknowledged: number };
@@ -32,7 +34,10 @@ export async function runFaultSchedule(options: FaultRunOptions): Promise<FaultR
   const log = options.log ?? (() => {});
   const schedule = makeSchedule(options.seed, { servers, durationMs, downMax: servers - 1, fullRestartChance: options.fullRestartChance ?? 0.08 });
   const random = seededRandom(options.seed ^ 0x5eed);
-  const cluster = await TestCluster.create({ servers });
+  const cluster = await TestCluster.create({
+    servers,
+    ...(options.plant ? { nodeArgs: ["--import", new URL("./plant.ts", import.meta.url).pathname], env: { ...process.env, CHATPLUS_PLANT: options.plant } as Record<string, string> } : {}),
+  });
   const history = new History();
   const connectors: ClientConnector[] = [];
   const usernames = new Map<number, string>();

@@ -37,6 +37,8 @@ export type ClusterOptions = {
   proxyLinks?: boolean;
   /** Seeded randomness for the proxies' drop decisions. */
   random?: () => number;
+  /** Extra node arguments before server.ts (e.g. a planted-bug preload). */
+  nodeArgs?: string[];
 };
 
 export class TestCluster {
@@ -135,7 +137,7 @@ export class TestCluster {
   /** Starts server `id` and resolves once it accepts client connections. */
   async start(id: number): Promise<void> {
     if (this.processes.has(id)) throw new Error(`server ${id} already running`);
-    const args = ["--import", "tsx", join(repoRoot, "server.ts"), "--id", String(id), "--config", this.configFileFor(id), "--data", this.dataDir(id), "--log-file", this.logFile(id)];
+    const args = ["--import", "tsx", ...(this.options.nodeArgs ?? []), join(repoRoot, "server.ts"), "--id", String(id), "--config", this.configFileFor(id), "--data", this.dataDir(id), "--log-file", this.logFile(id)];
     const wrap = this.options.wrap?.(id) ?? [];
     const command = wrap.length > 0 ? wrap[0] : process.execPath;
     const fullArgs = wrap.length > 0 ? [...wrap.slice(1), process.execPath, ...args] : args;

@@ -52,15 +52,12 @@ export const plantedBugs: PlantedBug[] = [
     },
   },
   {
-    name: "candidate-ignores-longer-logs",
+    name: "no-unreachable-grace",
     mode: "tcp",
-    description: "a candidate believes every prepare_ok reports an empty log, so it never fetches what a backup holds beyond its own log",
-    expect: ["lost", "divergence"],
-    decorate: (_server, replica) => {
-      const core = internals(replica);
-      const original = core.onPrepareOk.bind(core);
-      core.onPrepareOk = (actions, from, message, now) => original(actions, from, { ...message, lastIndex: 0, lastEpoch: 0 }, now);
-    },
+    description:
+      "an unreachable member counts as dead at once (unreachableGraceMs 0): right after restarts, before the backups have dialed each other, each can take over alone",
+    expect: ["split_brain", "lost", "divergence"],
+    timing: { unreachableGraceMs: 0 },
   },
   {
     name: "shell-acks-on-propose",
@@ -68,13 +65,6 @@ export const plantedBugs: PlantedBug[] = [
     description: "the shell answers the client as soon as the primary has written the entry locally, before it is committed",
     expect: ["lost"],
     shellBugs: ["ack-on-propose"],
-  },
-  {
-    name: "shell-backup-persist-not-durable",
-    mode: "tcp-drops",
-    description: "the shell does not make a backup's persisted entries durable, so a crash loses them",
-    expect: ["lost", "divergence"],
-    shellBugs: ["backup-persist-volatile"],
   },
   {
     name: "shell-promise-not-durable",

@@ -1,0 +1,28 @@
+// Planted bugs for showing that the fault suite's checker can fail. Loaded into a server process with
+// `node --import tsx --import ./tests/fault/plant.ts server.ts ...` and chosen by CHATPLUS_PLANT.
+// Production code has no hook for this: the module patches the real classes in place.
+import { ConnectionManager } from "../../connections/manager.js";
+import { Store } from "../../store/store.js";
+
+const plant = process.env.CHATPLUS_PLANT;
+
+if (plant === "no-dedup") {
+  // Neither record nor look up earlier responses: a request retried after a failover is applied again.
+  const prototype = Store.prototype as unknown as { dedupLookup: () => undefined; writeEntry: (entry: { requestId: number | null }, ...rest: unknown[]) => void };
+  prototype.dedupLookup = () => undefined;
+  const writeEntry = prototype.writeEntry;
+  prototype.writeEntry = function (this: unknown, entry: { requestId: number | null }, ...rest: unknown[]) {
+    writeEntry.call(this, { ...entry, requestId: null }, ...rest);
+  };
+} else if (plant === "ack-before-backups") {
+  // Answer clients as soon as this server's own transaction commits, before any backup has the entry.
+  type Pending = { index: number; data: Record<string, unknown>; resolve: (outcome: unknown) => void };
+  const prototype = ConnectionManager.prototype as unknown as { propose: (batch: unknown) => void };
+  const original = prototype.propose;
+  prototype.propose = function (this: { pendingWrites: Pending[] }, batch: unknown) {
+    original.call(this, batch);
+    for (const pending of this.pendingWrites.splice(0)) pending.resolve({ ok: true, index: pending.index, data: pending.data });
+  };
+} else if (plant !== undefined) {
+  throw new Error(`unknown CHATPLUS_PLANT ${plant}`);
+}
