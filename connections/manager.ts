@@ -58,11 +58,20 @@ class CachedLog implements LogView {
   }
   forget(): void {
     this.cache.clear();
+    this.lastRange = undefined;
   }
   epochAt(index: number): number {
     return this.cache.get(index)?.epoch ?? this.store.epochAt(index);
   }
+  private lastRange: { from: number; to: number; entries: LogEntry[] } | undefined;
   entries(from: number, to: number): LogEntry[] {
+    // The primary asks for the same range once per backup; hand out one array so it is serialized once.
+    if (this.lastRange && this.lastRange.from === from && this.lastRange.to === to) return this.lastRange.entries;
+    const entries = this.readEntries(from, to);
+    this.lastRange = { from, to, entries };
+    return entries;
+  }
+  private readEntries(from: number, to: number): LogEntry[] {
     const result: LogEntry[] = [];
     for (let index = from; index <= to; index += 1) {
       const entry = this.cache.get(index);

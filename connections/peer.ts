@@ -6,7 +6,7 @@ import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import net from "node:net";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { PeerMessageSchema, type PeerMessage } from "../core/messages.js";
+import { parsePeerMessage, type PeerMessage } from "../core/messages.js";
 import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, type Machine } from "./consts.js";
 import { encodeFrame, LineReader } from "./framing.js";
 import { backoffDelayMs } from "../utils.js";
@@ -56,7 +56,7 @@ export class PeerLinks {
   send(peer: number, message: PeerMessage): boolean {
     const link = this.links.get(peer);
     if (!link) return false;
-    link.socket.write(encodeFrame(message));
+    link.socket.write(encodePeerFrame(message));
     return true;
   }
 
@@ -200,13 +200,28 @@ export class PeerLinks {
       this.log.error({ peer }, "peer sent malformed JSON; dropping link");
       return void socket.destroy();
     }
-    const message = PeerMessageSchema.safeParse(parsed);
+    const message = parsePeerMessage(parsed);
     if (!message.success) {
-      this.log.error({ peer, issues: message.error.issues.slice(0, 3) }, "peer sent an invalid message; dropping link");
+      this.log.error({ peer, problem: message.error }, "peer sent an invalid message; dropping link");
       return void socket.destroy();
     }
     this.events.onMessage(peer, message.data);
   }
+}
+
+/** Entries JSON by array identity: when two backups get the same range, it is serialized once. */
+const entriesJson = new WeakMap<object, string>();
+
+function encodePeerFrame(message: PeerMessage): string {
+  if (message.t !== "append") return encodeFrame(message);
+  let entries = entriesJson.get(message.entries);
+  if (entries === undefined) {
+    entries = JSON.stringify(message.entries);
+    entriesJson.set(message.entries, entries);
+  }
+  const { entries: _entries, ...head } = message;
+  void _entries;
+  return `${JSON.stringify(head).slice(0, -1)},"entries":${entries}}\n`;
 }
 
 function parseHandshake(line: string): z.infer<typeof Handshake> | undefined {

@@ -56,6 +56,44 @@ export const PeerMessageSchema = z.discriminatedUnion("t", [
 export type PeerMessage = z.infer<typeof PeerMessageSchema>;
 export type PeerMessageOf<T extends PeerMessage["t"]> = Extract<PeerMessage, { t: T }>;
 
+const bulkEnvelopes = {
+  append: z.object({ t: z.literal("append"), epoch, prevIndex: index, prevEpoch: epoch, entries: z.array(z.unknown()), commitIndex: index }),
+  fetch_reply: z.object({ t: z.literal("fetch_reply"), epoch, prevIndex: index, prevEpoch: epoch, entries: z.array(z.unknown()) }),
+};
+
+const isCount = (value: unknown): value is number => typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+
+/** The same rules as LogEntrySchema, without zod's per-object cost: appends carry thousands of entries. */
+function isLogEntry(value: unknown): boolean {
+  if (typeof value !== "object" || value === null) return false;
+  const entry = value as Record<string, unknown>;
+  const command = entry.command as Record<string, unknown> | null;
+  return (
+    isCount(entry.index) &&
+    entry.index >= 1 &&
+    isCount(entry.epoch) &&
+    (entry.clientId === null || typeof entry.clientId === "string") &&
+    (entry.requestId === null || (typeof entry.requestId === "number" && Number.isSafeInteger(entry.requestId))) &&
+    typeof command === "object" &&
+    command !== null &&
+    typeof command.op === "string"
+  );
+}
+
+/** Validates a peer message; bulk messages get a fast per-entry check. */
+export function parsePeerMessage(raw: unknown): { success: true; data: PeerMessage } | { success: false; error: string } {
+  const kind = typeof raw === "object" && raw !== null ? (raw as { t?: unknown }).t : undefined;
+  if (kind === "append" || kind === "fetch_reply") {
+    const envelope = bulkEnvelopes[kind].safeParse(raw);
+    if (!envelope.success) return { success: false, error: envelope.error.issues[0]?.message ?? "bad envelope" };
+    const bad = envelope.data.entries.findIndex((entry) => !isLogEntry(entry));
+    if (bad !== -1) return { success: false, error: `entry ${bad} is not a log entry` };
+    return { success: true, data: envelope.data as PeerMessage };
+  }
+  const parsed = PeerMessageSchema.safeParse(raw);
+  return parsed.success ? { success: true, data: parsed.data } : { success: false, error: parsed.error.issues[0]?.message ?? "invalid" };
+}
+
 /** The entries in messages are LogEntry objects; zod's loose command type is narrowed here. */
 export function entriesOf(message: { entries: unknown[] }): LogEntry[] {
   return message.entries as LogEntry[];
