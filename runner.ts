@@ -43,6 +43,7 @@ type Server = { machine: Machine; child?: ChildProcess; logFile: WriteStream; pa
 class Runner {
   private readonly servers = new Map<number, Server>();
   private lastShape = "";
+  private readonly lastEntry = new Map<number, unknown>();
   private quitting = false;
   private readonly poller: NodeJS.Timeout;
 
@@ -168,7 +169,15 @@ class Runner {
   private async watchShape(): Promise<void> {
     const statuses = await this.statuses();
     if (this.quitting) return;
-    const shape = JSON.stringify([...statuses.entries()].map(([id, status]) => [id, status?.role, status?.epoch, status?.members]));
+    // A running server that missed one ping (a busy machine) keeps its last known shape: no reprint.
+    const shape = JSON.stringify(
+      [...statuses.entries()].map(([id, status]) => {
+        const server = this.servers.get(id)!;
+        const entry = status ? [server.child ? "up" : "down", status.role, status.epoch, status.members] : server.child && !server.paused ? this.lastEntry.get(id) : [server.paused ? "paused" : "down"];
+        this.lastEntry.set(id, entry);
+        return [id, entry];
+      }),
+    );
     if (shape === this.lastShape) return;
     this.lastShape = shape;
     await this.printStatus();
