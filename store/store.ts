@@ -96,13 +96,7 @@ export class Store {
       }
       beforeCommit(proposals.filter((p) => p.result.ok).map((p) => p.entry));
     });
-    const before = this.last;
-    try {
-      run.immediate();
-    } catch (error) {
-      this.last = before;
-      throw error;
-    }
+    this.runWriting(run);
     return proposals;
   }
 
@@ -120,6 +114,12 @@ export class Store {
         effects.push(result.effects);
       }
     });
+    this.runWriting(run);
+    return effects;
+  }
+
+  /** Runs a write transaction; if it fails, our idea of the log's end goes back with the rollback. */
+  private runWriting(run: Database.Transaction<() => void>): void {
     const before = this.last;
     try {
       run.immediate();
@@ -127,7 +127,6 @@ export class Store {
       this.last = before;
       throw error;
     }
-    return effects;
   }
 
   private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }, dedupWindow: number): void {

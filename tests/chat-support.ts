@@ -1,11 +1,10 @@
 // Shared set-up for the chat-core tests: one real single-server cluster per test file, raw protocol
 // clients that are closed with it, unique usernames, and a read-only view of the server's SQLite file
 // (log length and a digest of the replicated state) to prove that a request changed nothing.
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type Database from "better-sqlite3";
 import { expect, test } from "vitest";
-import { stateTableNames } from "../store/tables.js";
+import { stateDigestOf } from "../store/store.js";
 import { openReadOnly, TestCluster } from "./helpers/cluster.js";
 import { TestClient, type Frame } from "./helpers/client.js";
 
@@ -205,23 +204,8 @@ export function lastLogIndex(db: Database.Database): number {
   return ((db.prepare("SELECT max(idx) AS idx FROM log").get() as { idx: number | null }).idx ?? 0) as number;
 }
 
-/** The same digest as Store.stateDigest, computed over any handle (tests/replay.test.ts checks they agree). */
-export function stateDigestOf(db: Database.Database): string {
-  const hash = createHash("sha256");
-  for (const table of stateTableNames) {
-    hash.update(`table ${table}\n`);
-    const columns = (db.prepare(`PRAGMA table_info(${table})`).all() as { name: string; pk: number }[])
-      .filter((column) => column.pk > 0)
-      .sort((a, b) => a.pk - b.pk)
-      .map((column) => column.name);
-    const order = columns.length > 0 ? columns.join(", ") : "rowid";
-    for (const row of db.prepare(`SELECT * FROM ${table} ORDER BY ${order}`).iterate()) {
-      hash.update(JSON.stringify(row));
-      hash.update("\n");
-    }
-  }
-  return hash.digest("hex");
-}
+/** The digest Store.stateDigest uses, over any handle (re-exported for the chat tests). */
+export { stateDigestOf };
 
 /** Sends a request that must fail and returns its error code (fails the test on an ok answer). */
 export async function errorOf(client: TestClient, type: string, fields: Record<string, unknown> = {}): Promise<string> {
