@@ -48,8 +48,8 @@ export const freezeDetectMs = 200;
 export const leaseMs = 200;
 export const peerDialBackoffMinMs = 20;
 export const peerDialBackoffMaxMs = 500;
-/** Entries per append or catch-up batch. */
-export const replicationBatchEntriesMax = 2000;
+/** Entries per append or catch-up batch. A backup applies a batch in one synchronous transaction, so it must stay well below freezeDetectMs (~50 µs an entry). */
+export const replicationBatchEntriesMax = 500;
 /** Appended-but-unacknowledged entries a primary keeps in flight per backup (backpressure). */
 export const replicationInflightEntriesMax = 20000;
 /** Client writes grouped into one SQLite transaction. */
