@@ -212,10 +212,13 @@ export class Replica {
     const gap = now - this.lastNow;
     this.lastNow = Math.max(this.lastNow, now);
     if (gap <= this.timing.freezeDetectMs) return [];
-    // A primary alone in its in-sync set cannot have been replaced while it was frozen: every
-    // election needs to reach a member of the newest config, and it is the only one.
+    // Nothing can have happened while we were frozen if no other member of our config could reach
+    // us before it (no link up; the events that arrived since are not processed yet): a replacement
+    // or a removal needs a live member to do it, and a restarted one must reach us to elect. This
+    // covers a primary alone in its in-sync set, and a lone survivor waiting out its dead peers.
     const config = this.config();
-    if (this.role === "primary" && this.serving && config.members.length === 1 && config.members[0] === this.id) return [];
+    const othersReachable = config.members.some((id) => id !== this.id && this.peers.get(id)?.linkUp === true);
+    if (!othersReachable && config.members.includes(this.id) && (this.eligible || (this.role === "primary" && this.serving))) return [];
     const actions: Action[] = [{ type: "frozen", gapMs: gap }];
     this.loseEligibility();
     this.joinSentAt = -Infinity;
