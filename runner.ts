@@ -70,7 +70,7 @@ class Runner {
     server.child = child;
     server.paused = false;
     const prefix = paint(colours[(id - 1) % colours.length], `[server ${id}]`);
-    const reader = new LineReader(1 << 20, { onFrame: (line) => this.onLogLine(server, prefix, line), onOversize: () => {} });
+    const reader = new LineReader(1 << 20, { onFrame: (line) => this.onLogLine(prefix, line), onOversize: () => {} });
     child.stdout!.on("data", (data: Buffer) => {
       server.logFile.write(data);
       reader.push(data);
@@ -111,7 +111,7 @@ class Runner {
     this.start(spare.machine.id);
   }
 
-  private onLogLine(server: Server, prefix: string, line: string): void {
+  private onLogLine(prefix: string, line: string): void {
     let entry: Record<string, unknown>;
     try {
       entry = JSON.parse(line);
@@ -126,7 +126,6 @@ class Runner {
     const detail = Object.keys(details).length > 0 ? ` ${JSON.stringify(details)}` : "";
     const text = level >= 50 ? paint(31, message) : level >= 40 ? paint(33, message) : message;
     process.stdout.write(`${prefix} ${text}${detail}\n`);
-    void server;
   }
 
   async statuses(): Promise<Map<number, (ServerStatus & { rttMs: number }) | undefined>> {

@@ -291,7 +291,7 @@ export class ConnectionManager {
           this.store.putMeta("promised_epoch", String(action.epoch));
           break;
         case "propose_config":
-          this.proposeConfig(action.config);
+          this.proposeConfig(action.config, action.reason);
           break;
         case "commit":
           this.onCommit(action.index);
@@ -312,8 +312,8 @@ export class ConnectionManager {
     }
   }
 
-  private proposeConfig(config: ConfigCommand): void {
-    this.logger.info({ epoch: this.core.epoch, members: config.members }, "proposing config");
+  private proposeConfig(config: ConfigCommand, reason: string): void {
+    this.logger.info({ epoch: this.core.epoch, members: config.members, reason }, "proposing config");
     this.propose([{ clientId: null, requestId: null, command: config, resolve: () => {} }]);
   }
 

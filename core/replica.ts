@@ -32,7 +32,7 @@ export type Action =
   /** Durably record the promised epoch before sending anything else. */
   | { type: "promise"; epoch: number }
   /** Primary only: append this config entry through the write path at the current epoch. */
-  | { type: "propose_config"; config: ConfigCommand }
+  | { type: "propose_config"; config: ConfigCommand; reason: string }
   /** Entries up to index are committed: answer their clients, push their events. */
   | { type: "commit"; index: number }
   | { type: "role"; role: Role; epoch: number; serving: boolean; reason: string }
@@ -289,7 +289,7 @@ export class Replica {
         this.onHeartbeat(actions, from, message, now);
         break;
       case "heartbeat_ack":
-        this.onHeartbeatAck(actions, from, message, now);
+        this.onHeartbeatAck(from, message);
         break;
       case "append":
         this.onAppend(actions, from, message, now);
@@ -468,7 +468,7 @@ export class Replica {
     }
   }
 
-  private onHeartbeatAck(actions: Action[], from: NodeId, message: PeerMessageOf<"heartbeat_ack">, now: number): void {
+  private onHeartbeatAck(from: NodeId, message: PeerMessageOf<"heartbeat_ack">): void {
     if (this.role !== "primary" || message.epoch !== this.promised) return;
     this.ackRound.set(from, Math.max(this.ackRound.get(from) ?? 0, message.round));
     const members = this.config().members.filter((id) => id !== this.id);
@@ -477,8 +477,6 @@ export class Replica {
     const sentAt = this.roundSentAt.get(minRound);
     // The lease runs from when we sent the round, not when the ack arrived: conservative on both sides.
     if (sentAt !== undefined) this.leaseExpiry = Math.max(this.leaseExpiry, sentAt + this.timing.leaseMs);
-    void actions;
-    void now;
   }
 
   // ---- primary -----------------------------------------------------------------
@@ -513,7 +511,6 @@ export class Replica {
         break;
       }
     }
-    void now;
   }
 
   /** Behind, and no ack progress for a peer timeout: alive perhaps, but useless to commit with. */
@@ -537,8 +534,7 @@ export class Replica {
   }
 
   private proposeConfig(actions: Action[], members: NodeId[], reason: string): void {
-    actions.push({ type: "propose_config", config: { op: "config", primary: this.id, members: this.sortByOrder(members) } });
-    void reason;
+    actions.push({ type: "propose_config", config: { op: "config", primary: this.id, members: this.sortByOrder(members) }, reason });
   }
 
   /** Sends each follower the next entries it lacks, within the in-flight bound. */
@@ -960,9 +956,7 @@ export class Replica {
     }
     if (this.role === "primary" && !this.candidacy) {
       this.startCandidacy(actions, now, "continuous", `server ${from} is at epoch ${message.epoch}`);
-      return;
     }
-    void from;
   }
 
   private sortByOrder(ids: NodeId[]): NodeId[] {

@@ -125,7 +125,7 @@ export class Queries {
           ? (this.statements.dmHistoryAfter.all(key, cursor.after, limit) as Row[])
           : (this.statements.dmHistoryBefore.all(key, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
     }
-    return { messages: rows.map((row) => this.messageView(row, viewer, conversation)) };
+    return { messages: rows.map((row) => this.messageView(row, conversation)) };
   }
 
   unread(userId: number): UnreadSummary {
@@ -167,11 +167,11 @@ export class Queries {
     const events: ChatEvent[] = [];
     for (const row of this.statements.eventsDm.all(userId, userId, afterSeq, upToSeq, fetch) as Row[]) {
       const other = row.sender_id === userId ? row.recipient_id : row.sender_id;
-      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, userId, `@${this.userName(other)}`) } });
+      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, `@${this.userName(other)}`) } });
     }
     for (const row of this.statements.eventsChannel.all(userId, afterSeq, upToSeq, fetch) as Row[]) {
       const name = (this.statements.channelName.get(row.channel_id) as Row).name;
-      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, userId, `#${name}`) } });
+      events.push({ seq: row.id, event: { kind: "message", message: this.messageView(row, `#${name}`) } });
     }
     for (const row of this.statements.eventsDeleted.all(userId, afterSeq, upToSeq, userId, userId, fetch) as Row[]) {
       const conversation =
@@ -188,11 +188,10 @@ export class Queries {
   }
 
   /** A deleted message in a history page shows as nothing (filtered in SQL); a live one as a view. */
-  private messageView(row: Row, viewer: number, conversation: string): MessageView {
+  private messageView(row: Row, conversation: string): MessageView {
     const from = this.userName(row.sender_id) ?? "?";
     const view: MessageView = { id: row.id, conversation, from, body: row.body, ts: row.ts };
     if (row.recipient_id !== null) view.to = this.userName(row.recipient_id) ?? "?";
-    void viewer;
     return view;
   }
 }

@@ -127,7 +127,6 @@ it("a partition (outside the fault model): both sides serve, and the old primary
     await sleep(50);
   }
   expect(newPrimary, "the majority side elected a primary").toBeDefined();
-  const majority = new RetryingWriter(c, "majorityw");
   const majorityClient = await TestClient.connect(c.machine(newPrimary!).host, c.machine(newPrimary!).clientPort);
   await majorityClient.ok("hello", { clientId: "partition-majority-client" });
   await majorityClient.ok("register", { username: "majority", password: "password123" });
@@ -141,5 +140,4 @@ it("a partition (outside the fault model): both sides serve, and the old primary
   console.log(`partition: isolated old primary ${old} acknowledged ${isolatedAcks} writes alone; new primary ${newPrimary}; after healing ${survived} of them survive, ${isolatedAcks - survived} acknowledged writes were lost (split brain, outside the fault model)`);
   pinned.close();
   majorityClient.close();
-  void majority;
 });
