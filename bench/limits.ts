@@ -1,0 +1,163 @@
+// Machine limits measured in the same run: what SQLite with the servers' pragmas can commit, and
+// what a loopback TCP round trip between two processes costs. They bound what the cluster can do.
+import Database from "better-sqlite3";
+import { execa } from "execa";
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { messageBody } from "./load.js";
+import { summarize, type LatencySummary } from "./stats.js";
+
+export type SqliteLimit = { rowsPerTransaction: number; rowsPerSecond: number; transactionsPerSecond: number; commitP50Ms: number; commitP99Ms: number; seconds: number };
+export type RttLimit = { messages: number; summary: LatencySummary; roundTripsPerSecond: number };
+
+const insertRowsMax = 2_000_000;
+
+/**
+ * Inserts 256-byte rows into a fresh temp database with the servers' pragmas (WAL, synchronous=FULL),
+ * `rowsPerTransaction` rows per transaction, for about `seconds`. Uses the same directory as the
+ * cluster's data (os.tmpdir()), so the same file system and disk.
+ */
+export function measureSqliteInserts(rowsPerTransaction: number, seconds: number): SqliteLimit {
+  const dir = mkdtempSync(join(tmpdir(), "chatplus-bench-sqlite-"));
+  const db = new Database(join(dir, "limit.db"));
+  try {
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = FULL");
+    db.exec("CREATE TABLE log (idx INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID");
+    const insert = db.prepare("INSERT INTO log (idx, epoch, body) VALUES (?, ?, ?)");
+    const body = JSON.stringify({ op: "post", actor: 1, channel: "general", body: messageBody, ts: Date.now() });
+    let next = 1;
+    const batch = db.transaction((count: number) => {
+      for (let row = 0; row < count; row += 1) insert.run(next++, 1, body);
+    });
+    const commitTimes: number[] = [];
+    const started = performance.now();
+    const deadline = started + seconds * 1000;
+    while (performance.now() < deadline && next < insertRowsMax) {
+      const before = performance.now();
+      batch.immediate(rowsPerTransaction);
+      commitTimes.push(performance.now() - before);
+    }
+    const elapsed = (performance.now() - started) / 1000;
+    const rows = next - 1;
+    const commits = summarize(commitTimes);
+    return {
+      rowsPerTransaction,
+      rowsPerSecond: rows / elapsed,
+      transactionsPerSecond: commitTimes.length / elapsed,
+      commitP50Ms: commits.p50,
+      commitP99Ms: commits.p99,
+      seconds: elapsed,
+    };
+  } finally {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Spawns a child echo server (bench/echo-server.ts) and measures the round trip of small
+ * newline-framed messages over loopback TCP, one at a time, for about `seconds`.
+ */
+export async function measureLoopbackRtt(seconds: number, messagesMax = 200_000): Promise<RttLimit> {
+  const child = execa(process.execPath, ["--import", "tsx", resolve(import.meta.dirname, "echo-server.ts")], {
+    cwd: resolve(import.meta.dirname, ".."),
+    stdio: ["ignore", "pipe", "inherit"],
+    reject: false,
+    cleanup: true,
+  });
+  try {
+    const port = await new Promise<number>((done, fail) => {
+      let text = "";
+      const timer = setTimeout(() => fail(new Error("echo server did not report its port")), 20000);
+      child.stdout!.on("data", (chunk: Buffer) => {
+        text += chunk.toString();
+        const match = /port (\d+)/.exec(text);
+        if (match) {
+          clearTimeout(timer);
+          done(Number(match[1]));
+        }
+      });
+    });
+    const socket = net.connect({ host: "127.0.0.1", port, noDelay: true });
+    await new Promise<void>((done, fail) => {
+      socket.once("connect", () => done());
+      socket.once("error", fail);
+    });
+    const message = `${JSON.stringify({ v: 1, id: 1, type: "ping" })}\n`;
+    const times: number[] = [];
+    let waiting: (() => void) | undefined;
+    socket.on("data", () => waiting?.());
+    const started = performance.now();
+    const deadline = started + seconds * 1000;
+    while (performance.now() < deadline && times.length < messagesMax) {
+      const before = performance.now();
+      await new Promise<void>((done) => {
+        waiting = done;
+        socket.write(message);
+      });
+      times.push(performance.now() - before);
+    }
+    const elapsed = (performance.now() - started) / 1000;
+    socket.destroy();
+    return { messages: times.length, summary: summarize(times), roundTripsPerSecond: times.length / elapsed };
+  } finally {
+    if (child.pid) {
+      try {
+        process.kill(child.pid, "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    await child;
+  }
+}
+
+export type LastConfigCost = { entriesSinceConfig: number; msPerCall: number; indexedMsPerCall: number };
+export type LastConfigProbe = { sql: string; plan: string; indexedSql: string; indexedPlan: string; costs: LastConfigCost[] };
+
+/** The same query written so that SQLite can use the partial index log_kind (for comparison only). */
+const indexedLastConfigSql = "SELECT * FROM log WHERE kind = 'config' AND kind != 'command' ORDER BY idx DESC LIMIT 1";
+
+const lastConfigCallsPerPoint = 20;
+
+/**
+ * The cost of Store.lastConfig() (the product's own Store and statement, on a temp file) as the
+ * number of log entries after the newest config entry grows. Rows are inserted straight into the
+ * log table (the query only reads `log`), so this takes seconds rather than a replicated load.
+ */
+export async function measureLastConfig(points: number[]): Promise<LastConfigProbe> {
+  const { Store } = await import("../store/store.js");
+  const dir = mkdtempSync(join(tmpdir(), "chatplus-bench-lastconfig-"));
+  const store = new Store(join(dir, "chat.db"), "normal");
+  try {
+    const db = store.db;
+    const insert = db.prepare("INSERT INTO log (idx, epoch, kind, client_id, request_id, body) VALUES (?, 1, ?, ?, ?, ?)");
+    const command = JSON.stringify({ op: "post", actor: 1, channel: "general", body: messageBody, ts: 0 });
+    insert.run(1, "config", null, null, JSON.stringify({ op: "config", primary: 1, members: [1, 2, 3] }));
+    let last = 1;
+    const costs: LastConfigCost[] = [];
+    for (const target of [...points].sort((a, b) => a - b)) {
+      db.transaction(() => {
+        for (; last <= target; last += 1) insert.run(last + 1, "command", "bench", last, command);
+      })();
+      const started = performance.now();
+      for (let call = 0; call < lastConfigCallsPerPoint; call += 1) store.lastConfig();
+      const msPerCall = (performance.now() - started) / lastConfigCallsPerPoint;
+      const indexed = db.prepare(indexedLastConfigSql);
+      const indexedStarted = performance.now();
+      for (let call = 0; call < lastConfigCallsPerPoint; call += 1) indexed.get();
+      costs.push({ entriesSinceConfig: target, msPerCall, indexedMsPerCall: (performance.now() - indexedStarted) / lastConfigCallsPerPoint });
+    }
+    // The statement the Store really uses (better-sqlite3 keeps its SQL in .source).
+    const sql = (store as unknown as { statements: { lastConfig: { source: string } } }).statements.lastConfig.source;
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((row) => row.detail).join("; ");
+    const indexedPlan = (db.prepare(`EXPLAIN QUERY PLAN ${indexedLastConfigSql}`).all() as { detail: string }[]).map((row) => row.detail).join("; ");
+    return { sql, plan, indexedSql: indexedLastConfigSql, indexedPlan, costs };
+  } finally {
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

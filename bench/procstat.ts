@@ -1,0 +1,149 @@
+// CPU and memory of processes, read from /proc (Linux only): per-PID CPU time (utime + stime, all
+// threads) and resident memory (VmRSS), plus whole-machine CPU from /proc/stat.
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { benchSampleIntervalMs } from "./consts.js";
+
+let clockTicksPerSecond: number | undefined;
+
+/** sysconf(_SC_CLK_TCK): the unit of utime/stime in /proc/<pid>/stat. */
+export function clockTicks(): number {
+  if (clockTicksPerSecond === undefined) {
+    try {
+      clockTicksPerSecond = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+    } catch {
+      clockTicksPerSecond = 100;
+    }
+  }
+  return clockTicksPerSecond;
+}
+
+/** CPU seconds (user + system) a process has used so far, or undefined if it is gone. */
+export function processCpuSeconds(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name (field 2) may contain spaces; fields after it are fixed. utime and stime are fields 14 and 15.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident set size in MB, or undefined if the process is gone. */
+export function processRssMb(pid: number): number | undefined {
+  try {
+    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) / 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Busy and total jiffies of the whole machine (all cores). */
+function machineJiffies(): { busy: number; total: number } {
+  const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+  const values = line.trim().split(/\s+/).slice(1).map(Number);
+  const total = values.reduce((sum, value) => sum + value, 0);
+  const idle = values[3] + (values[4] ?? 0); // idle + iowait
+  return { busy: total - idle, total };
+}
+
+export type ProcessUsage = { label: string; pid: number; cpuPercent: number; rssMb: number; rssMaxMb: number };
+export type UsageReport = {
+  processes: ProcessUsage[];
+  /** Whole machine, 100% = one core busy (so 2 cores = 200%). */
+  machineCpuPercent: number;
+  /** This (load generator) process. */
+  benchCpuPercent: number;
+};
+
+/**
+ * Measures CPU% of each process between start() and stop(), and samples RSS every
+ * benchSampleIntervalMs in between (RSS is reported at stop and as the maximum seen).
+ */
+export class UsageSampler {
+  private cpuStart = new Map<number, number>();
+  private rssMax = new Map<number, number>();
+  private startedAt = 0;
+  private machineStart = { busy: 0, total: 0 };
+  private benchStart: NodeJS.CpuUsage = { user: 0, system: 0 };
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly targets: { label: string; pid: number }[]) {}
+
+  start(): void {
+    this.startedAt = performance.now();
+    this.machineStart = machineJiffies();
+    this.benchStart = process.cpuUsage();
+    for (const { pid } of this.targets) {
+      this.cpuStart.set(pid, processCpuSeconds(pid) ?? 0);
+      this.rssMax.set(pid, processRssMb(pid) ?? 0);
+    }
+    this.timer = setInterval(() => this.sampleRss(), benchSampleIntervalMs);
+  }
+
+  private sampleRss(): void {
+    for (const { pid } of this.targets) {
+      const rss = processRssMb(pid);
+      if (rss !== undefined) this.rssMax.set(pid, Math.max(this.rssMax.get(pid) ?? 0, rss));
+    }
+  }
+
+  stop(): UsageReport {
+    if (this.timer) clearInterval(this.timer);
+    this.sampleRss();
+    const seconds = (performance.now() - this.startedAt) / 1000;
+    const machine = machineJiffies();
+    const bench = process.cpuUsage(this.benchStart);
+    const processes = this.targets.map(({ label, pid }) => {
+      const cpu = processCpuSeconds(pid);
+      return {
+        label,
+        pid,
+        cpuPercent: cpu === undefined ? NaN : ((cpu - (this.cpuStart.get(pid) ?? 0)) / seconds) * 100,
+        rssMb: processRssMb(pid) ?? NaN,
+        rssMaxMb: this.rssMax.get(pid) ?? NaN,
+      };
+    });
+    const cores = (machine.total - this.machineStart.total) / (clockTicks() * seconds);
+    const machineCpuPercent = ((machine.busy - this.machineStart.busy) / (machine.total - this.machineStart.total)) * cores * 100;
+    return { processes, machineCpuPercent, benchCpuPercent: ((bench.user + bench.system) / 1e6 / seconds) * 100 };
+  }
+}
+
+export type MemoryBreakdown = Record<string, number>;
+
+/**
+ * RSS of a process split by mapping (from /proc/<pid>/smaps), in MB: anonymous memory (the V8 heap,
+ * mmap'd malloc arenas, thread stacks), the brk heap (malloc), the node binary, shared libraries
+ * and native addons, SQLite's WAL index (-shm) and other files.
+ */
+export function memoryBreakdown(pid: number): MemoryBreakdown | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/smaps`, "utf8");
+  } catch {
+    return undefined;
+  }
+  const totals: MemoryBreakdown = {};
+  let category = "anonymous (V8 heap, malloc arenas, stacks)";
+  for (const line of text.split("\n")) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (header) {
+      const path = header[1].trim();
+      if (path === "" || path.startsWith("[anon")) category = "anonymous (V8 heap, malloc arenas, stacks)";
+      else if (path === "[heap]") category = "malloc brk heap";
+      else if (path.startsWith("[stack")) category = "main thread stack";
+      else if (path.startsWith("[")) category = "kernel mappings";
+      else if (path.endsWith("-shm")) category = "SQLite WAL index (-shm)";
+      else if (path === process.execPath || /\/node$/.test(path)) category = "node binary";
+      else if (/\.(so(\.\d+)*|node)$/.test(path)) category = "shared libraries and native addons";
+      else category = "other files";
+      continue;
+    }
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) totals[category] = (totals[category] ?? 0) + Number(rss[1]) / 1024;
+  }
+  return totals;
+}
