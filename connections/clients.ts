@@ -21,8 +21,19 @@ class ClientConnection {
   inflight = 0;
   closed = false;
   constructor(readonly socket: net.Socket) {}
+  private corked = false;
   send(frame: unknown): void {
-    if (!this.closed) this.socket.write(encodeFrame(frame));
+    if (this.closed) return;
+    // Frames written in one event-loop turn (a commit's responses and pushes) leave in one write.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    this.socket.write(encodeFrame(frame));
   }
 }
 
@@ -31,6 +42,7 @@ export class ClientService {
   private readonly connections = new Set<ClientConnection>();
   private readonly online = new Map<number, Set<ClientConnection>>();
   private readonly queries: Queries;
+  private readonly membersStatement;
   private lastTs = 0;
 
   constructor(
@@ -39,6 +51,7 @@ export class ClientService {
     private readonly logger: Logger,
   ) {
     this.queries = new Queries(manager.store.db);
+    this.membersStatement = manager.store.db.prepare("SELECT user_id FROM memberships WHERE channel_id = ?");
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -79,7 +92,7 @@ export class ClientService {
   }
 
   private channelMembers(channelId: number): number[] {
-    const rows = this.manager.store.db.prepare("SELECT user_id FROM memberships WHERE channel_id = ?").all(channelId) as { user_id: number }[];
+    const rows = this.membersStatement.all(channelId) as { user_id: number }[];
     return rows.map((row) => row.user_id);
   }
 

@@ -132,6 +132,7 @@ export class ConnectionManager {
     this.links = new PeerLinks(self, cluster.machines, cluster.clusterSecret, {
       onUp: (peer) => this.execute(this.core.onPeerUp(peer, monotonicMs())),
       onDown: (peer) => this.execute(this.core.onPeerDown(peer, monotonicMs())),
+      onRefused: (peer) => this.execute(this.core.onPeerRefused(peer, monotonicMs())),
       onMessage: (peer, message) => this.execute(this.core.onMessage(peer, message, monotonicMs())),
     }, logger.child({ component: "peer" }));
   }

@@ -11,6 +11,10 @@ import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, type Mac
 import { encodeFrame, LineReader } from "./framing.js";
 import { backoffDelayMs } from "../utils.js";
 
+/** Probes after a link drop, spaced this far apart, at most this many. */
+const probeIntervalMs = 50;
+const probeAttemptsMax = 10;
+
 const Handshake = z.discriminatedUnion("t", [
   z.object({ t: z.literal("hello"), id: z.number().int(), nonce: z.string().length(32) }),
   z.object({ t: z.literal("challenge"), id: z.number().int(), nonce: z.string().length(32), proof: z.string() }),
@@ -21,6 +25,8 @@ const Handshake = z.discriminatedUnion("t", [
 export type PeerEvents = {
   onUp: (peer: number) => void;
   onDown: (peer: number) => void;
+  /** Nothing listens on the peer's port any more (connection refused): its process is gone. */
+  onRefused: (peer: number) => void;
   onMessage: (peer: number, message: PeerMessage) => void;
 };
 
@@ -189,6 +195,27 @@ export class PeerLinks {
     this.links.delete(peer);
     this.log.info({ peer }, "peer link down");
     this.events.onDown(peer);
+    this.probe(peer, 0);
+  }
+
+  /**
+   * After a link drops, knock on the peer's port: a refused connection proves its process is gone
+   * (a crash), while an accepted one means the link merely dropped and will be dialed again.
+   */
+  private probe(peer: number, attempt: number): void {
+    const machine = this.machines.find((candidate) => candidate.id === peer);
+    if (!machine || this.closed || this.links.has(peer) || attempt >= probeAttemptsMax) return;
+    const socket = net.connect({ host: machine.host, port: machine.peerPort });
+    const timer = setTimeout(() => socket.destroy(), probeIntervalMs);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.destroy();
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (error.code === "ECONNREFUSED" && !this.links.has(peer)) this.events.onRefused(peer);
+      else setTimeout(() => this.probe(peer, attempt + 1), probeIntervalMs);
+    });
   }
 
   private deliver(peer: number, line: string, socket: net.Socket): void {

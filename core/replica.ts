@@ -65,7 +65,14 @@ export type ReplicaOptions = {
   now: number;
 };
 
-type PeerState = { linkUp: boolean; lastHeard: number; status?: Status; statusAt: number };
+type PeerState = {
+  linkUp: boolean;
+  lastHeard: number;
+  status?: Status;
+  statusAt: number;
+  /** A connection to its port was refused since we last heard it: no process is listening there. */
+  refused: boolean;
+};
 type Follower = {
   nextIndex: number;
   ackIndex: number;
@@ -74,6 +81,8 @@ type Follower = {
   reconfirm: boolean;
   /** When its ack last advanced, or when it was last fully caught up. */
   lastProgress: number;
+  /** After a retransmission, send one batch only until an ack shows the follower is reading again. */
+  probing: boolean;
 };
 type Candidacy = {
   epoch: number;
@@ -85,6 +94,8 @@ type Candidacy = {
   fetchTarget?: number;
   members: NodeId[];
   deadline: number;
+  /** The primary whose loss started this candidacy. */
+  lost: NodeId | null;
 };
 type Config = { epoch: number; index: number; primary: NodeId | null; members: NodeId[] };
 
@@ -150,7 +161,7 @@ export class Replica {
     this.contactBaseline = options.now;
     this.highestEpochSeen = this.promised;
     this.persistedIndex = options.log.lastIndex;
-    for (const peer of this.order) if (peer !== this.id) this.peers.set(peer, { linkUp: false, lastHeard: -Infinity, statusAt: -Infinity });
+    for (const peer of this.order) if (peer !== this.id) this.peers.set(peer, { linkUp: false, lastHeard: -Infinity, statusAt: -Infinity, refused: false });
     assert(this.order.includes(this.id), `server ${this.id} is in the machine list`);
   }
 
@@ -256,6 +267,7 @@ export class Replica {
     if (!state) return actions;
     state.linkUp = true;
     state.lastHeard = now;
+    state.refused = false;
     this.sendStatusTo(actions, peer);
     // A candidate waiting on this member asks it now that it can.
     const candidacy = this.candidacy;
@@ -278,11 +290,20 @@ export class Replica {
     return actions;
   }
 
+  /** The shell found nothing listening on the peer's port (connection refused): that process is gone. */
+  onPeerRefused(peer: NodeId, now: number): Action[] {
+    const actions = this.observe(now);
+    const state = this.peers.get(peer);
+    if (state && !state.linkUp) state.refused = true;
+    return actions;
+  }
+
   onMessage(from: NodeId, message: PeerMessage, now: number): Action[] {
     const actions = this.observe(now);
     const peer = this.peers.get(from);
     if (!peer) return actions;
     peer.lastHeard = now;
+    peer.refused = false;
     this.highestEpochSeen = Math.max(this.highestEpochSeen, epochIn(message));
     switch (message.t) {
       case "heartbeat":
@@ -392,6 +413,13 @@ export class Replica {
     return this.lastNow - lastContact > this.timing.unreachableGraceMs;
   }
 
+  /** The lost primary is certainly gone (refused, or silent past the peer timeout), not just a dropped link. */
+  private lostForSure(id: NodeId): boolean {
+    const peer = this.peers.get(id);
+    if (!peer || this.alive(id)) return false;
+    return peer.refused || this.lastNow - peer.lastHeard > this.timing.peerTimeoutMs;
+  }
+
   private setRole(actions: Action[], role: Role, serving: boolean, reason: string): void {
     if (this.role === role && this.serving === serving) return;
     this.role = role;
@@ -457,6 +485,8 @@ export class Replica {
       this.startCandidacy(actions, now, "continuous", `server ${from} is at epoch ${message.status.epoch}`);
       return;
     }
+    // The candidate we promised to is alive too: do not time it out while it collects and takes over.
+    if (from === this.primaryId && message.status.role === "candidate" && message.status.epoch === this.promised) this.lastHeardPrimary = now;
     const isMyPrimary = message.status.role === "primary" && message.status.epoch === this.promised && from === this.primaryId;
     if (isMyPrimary && message.round > 0) {
       this.lastHeardPrimary = now;
@@ -529,7 +559,10 @@ export class Replica {
       }
       if (follower.nextIndex > this.log.lastIndex + 1) continue; // waiting for a joiner to truncate
       const quiet = now - Math.max(follower.lastProgress, follower.lastSend);
-      if (follower.nextIndex > follower.ackIndex + 1 && quiet > 3 * this.timing.heartbeatIntervalMs) follower.nextIndex = follower.ackIndex + 1;
+      if (follower.nextIndex > follower.ackIndex + 1 && quiet > 3 * this.timing.heartbeatIntervalMs) {
+        follower.nextIndex = follower.ackIndex + 1;
+        follower.probing = true;
+      }
     }
   }
 
@@ -541,7 +574,8 @@ export class Replica {
   private replicate(actions: Action[], now: number): void {
     for (const [id, follower] of this.followers) {
       if (!this.peers.get(id)?.linkUp) continue;
-      while (follower.nextIndex <= this.log.lastIndex && follower.nextIndex - 1 - follower.ackIndex < this.timing.inflightEntriesMax) {
+      const limit = follower.probing ? Math.min(this.timing.batchEntriesMax, this.timing.inflightEntriesMax) : this.timing.inflightEntriesMax;
+      while (follower.nextIndex <= this.log.lastIndex && follower.nextIndex - 1 - follower.ackIndex < limit) {
         const to = Math.min(this.log.lastIndex, follower.nextIndex + this.timing.batchEntriesMax - 1);
         const entries = this.log.entries(follower.nextIndex, to);
         assert(entries.length === to - follower.nextIndex + 1, `log holds entries ${follower.nextIndex}..${to}`);
@@ -564,6 +598,7 @@ export class Replica {
     if (message.lastIndex > follower.ackIndex) {
       follower.ackIndex = message.lastIndex;
       follower.lastProgress = now;
+      follower.probing = false;
     }
     if (follower.nextIndex <= follower.ackIndex) follower.nextIndex = follower.ackIndex + 1;
     this.advanceCommit(actions);
@@ -613,7 +648,7 @@ export class Replica {
     let follower = this.followers.get(from);
     const member = this.config().members.includes(from);
     if (!follower) {
-      follower = { nextIndex: 1, ackIndex: 0, member, lastSend: now, reconfirm: false, lastProgress: now };
+      follower = { nextIndex: 1, ackIndex: 0, member, lastSend: now, reconfirm: false, lastProgress: now, probing: false };
       this.followers.set(from, follower);
     }
     // A member asking to join lost its eligibility (it froze or restarted): once it has caught up it
@@ -698,7 +733,7 @@ export class Replica {
       if (!this.isAlive(peer)) return !this.presumedDead(id);
       return peer.status?.eligible === true && peer.status.configEpoch === config.epoch && peer.status.configIndex === config.index;
     });
-    if (successor === this.id) this.startCandidacy(actions, now, "continuous", `primary ${lost ?? "role"} lost`);
+    if (successor === this.id) this.startCandidacy(actions, now, "continuous", `primary ${lost ?? "role"} lost`, lost);
   }
 
   // ---- recovering ----------------------------------------------------------------
@@ -788,18 +823,23 @@ export class Replica {
 
   // ---- takeover -------------------------------------------------------------------
 
-  private startCandidacy(actions: Action[], now: number, path: Candidacy["path"], reason: string): void {
+  /** `lost` is the primary whose loss started this: it is not waited for (acknowledged writes are on every member anyway). */
+  private startCandidacy(actions: Action[], now: number, path: Candidacy["path"], reason: string, lost: NodeId | null = null): void {
     const config = this.config();
     let highest = Math.max(this.promised, config.epoch, this.highestEpochSeen);
     for (const peer of this.peers.values()) if (peer.status) highest = Math.max(highest, peer.status.epoch);
     const epoch = highest + 1;
     const candidates = path === "restart" ? this.latestKnownConfig().members : config.members;
     // Continuous path: wait for every member not presumed dead, reachable yet or not.
-    const waitFor = new Set(candidates.filter((id) => id !== this.id && (path === "restart" ? this.alive(id) : !this.presumedDead(id))));
+    // The lost primary is not waited for once it is certainly gone: acknowledged writes are on every
+    // member anyway. A merely dropped link (it may be back in a moment) is waited for, so that a
+    // link flap does not produce two primaries.
+    const skip = (id: NodeId) => id === lost && this.lostForSure(id);
+    const waitFor = new Set(candidates.filter((id) => id !== this.id && !skip(id) && (path === "restart" ? this.alive(id) : !this.presumedDead(id))));
     this.promise(actions, epoch);
     this.followers.clear();
     this.primaryId = null;
-    this.candidacy = { epoch, path, waitFor, oks: new Map(), phase: "collect", members: [], deadline: now + this.timing.takeoverWaitMs };
+    this.candidacy = { epoch, path, waitFor, oks: new Map(), phase: "collect", members: [], deadline: now + this.timing.takeoverWaitMs, lost };
     this.setRole(actions, "candidate", false, `${reason}; epoch ${epoch}`);
     for (const id of waitFor) actions.push({ type: "send", to: id, message: { t: "prepare", epoch, configEpoch: config.epoch, configIndex: config.index } });
     this.maybeFinishCollect(actions, now);
@@ -821,7 +861,8 @@ export class Replica {
     if (candidacy.phase !== "collect") return;
     // A member that died while we waited cannot hold anything the others lack: stop waiting for it.
     for (const id of [...candidacy.waitFor]) {
-      if (candidacy.path === "continuous" && this.presumedDead(id) && !candidacy.oks.has(id)) candidacy.waitFor.delete(id);
+      const gone = this.presumedDead(id) || (id === candidacy.lost && this.lostForSure(id));
+      if (candidacy.path === "continuous" && gone && !candidacy.oks.has(id)) candidacy.waitFor.delete(id);
       if (candidacy.path === "restart" && !this.alive(id)) {
         this.abortCandidacy(actions, now, `member ${id} lost during restart election`, false);
         return;
@@ -941,7 +982,7 @@ export class Replica {
       if (id === this.id) continue;
       const ok = candidacy.oks.get(id)!;
       const shared = Math.min(ok.lastIndex, this.log.lastIndex);
-      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now, reconfirm: false, lastProgress: now });
+      this.followers.set(id, { nextIndex: shared + 1, ackIndex: shared, member: true, lastSend: now, reconfirm: false, lastProgress: now, probing: false });
     }
     // A member whose log is not a prefix of ours is told to truncate by the append it nacks.
     this.setRole(actions, "primary", false, `took over epoch ${candidacy.epoch} with members ${candidacy.members.join(",")}`);

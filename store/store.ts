@@ -21,6 +21,9 @@ export class Store {
   readonly machine: StateMachine;
   private readonly statements;
   private last: { index: number; epoch: number };
+  /** The newest config entry and whether a bootstrap entry exists, kept in memory: asked on every tick. */
+  private newestConfig: { index: number; epoch: number; config: ConfigCommand } | undefined;
+  private bootstrapped = false;
 
   constructor(path: string, durability: Durability = "full") {
     this.db = new Database(path);
@@ -38,8 +41,9 @@ export class Store {
       entry: s("SELECT * FROM log WHERE idx = ?"),
       range: s("SELECT * FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx"),
       lastEntry: s("SELECT idx, epoch FROM log ORDER BY idx DESC LIMIT 1"),
-      lastConfig: s("SELECT * FROM log WHERE kind = 'config' ORDER BY idx DESC LIMIT 1"),
-      hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' LIMIT 1"),
+      // "kind != 'command'" lets SQLite use the partial index log_kind instead of scanning the log.
+      lastConfig: s("SELECT * FROM log WHERE kind = 'config' AND kind != 'command' ORDER BY idx DESC LIMIT 1"),
+      hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' AND kind != 'command' LIMIT 1"),
       deleteAfter: s("DELETE FROM log WHERE idx > ?"),
       lastIndexAtOrBeforeEpoch: s("SELECT max(idx) AS idx FROM log WHERE epoch <= ?"),
       dedupGet: s("SELECT log_idx, op, actor, response FROM dedup WHERE client_id = ? AND request_id = ?"),
@@ -50,6 +54,18 @@ export class Store {
     };
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
+    this.loadLogSummary();
+  }
+
+  /** Reads the newest config and the bootstrap flag from disk (startup, truncation, rollback). */
+  private loadLogSummary(): void {
+    const row = this.statements.lastConfig.get() as LogRow | undefined;
+    if (row) {
+      const entry = rowToEntry(row);
+      assert(entry.command.op === "config", "config row holds a config command");
+      this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
+    } else this.newestConfig = undefined;
+    this.bootstrapped = this.statements.hasBootstrap.get() !== undefined;
   }
 
   get lastIndex(): number {
@@ -125,6 +141,7 @@ export class Store {
       run.immediate();
     } catch (error) {
       this.last = before;
+      this.loadLogSummary();
       throw error;
     }
   }
@@ -134,6 +151,8 @@ export class Store {
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
     this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command));
+    if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
+    if (entry.command.op === "bootstrap") this.bootstrapped = true;
     if (entry.clientId !== null && entry.requestId !== null) {
       this.statements.dedupPut.run(entry.clientId, entry.requestId, entry.index, entry.command.op, actorOf(entry.command), JSON.stringify(result.data));
       this.statements.dedupPrune.run(entry.clientId, entry.requestId - dedupWindow);
@@ -166,15 +185,11 @@ export class Store {
   }
 
   lastConfig(): { index: number; epoch: number; config: ConfigCommand } | undefined {
-    const row = this.statements.lastConfig.get() as LogRow | undefined;
-    if (!row) return undefined;
-    const entry = rowToEntry(row);
-    assert(entry.command.op === "config", "config row holds a config command");
-    return { index: entry.index, epoch: entry.epoch, config: entry.command };
+    return this.newestConfig;
   }
 
   hasBootstrap(): boolean {
-    return this.statements.hasBootstrap.get() !== undefined;
+    return this.bootstrapped;
   }
 
   dedupLookup(clientId: string, requestId: number): DedupRecord | undefined {
@@ -204,6 +219,7 @@ export class Store {
         this.writeEntry(entry, result, dedupWindow);
       }
     }).immediate();
+    this.loadLogSummary();
   }
 
   // ---- meta (per server, not replicated) -------------------------------------
