@@ -193,7 +193,9 @@ export class EventSequencer {
     return this.overflowed;
   }
 
+  /** Starts buffering live events. Idempotent: a resume begun before `auth` keeps what it buffered. */
   beginResume(): void {
+    if (this.resuming) return;
     this.resuming = true;
     this.overflowed = false;
   }
@@ -943,7 +945,12 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     connection.onResponse = (frame) => this.onResponse(connection, frame);
     connection.whenClosed((reason) => this.onLinkClosed(connection, reason));
     try {
-      if (this.token) await this.authenticate(connection);
+      // Buffer pushes from the moment the session is attached (auth), or one could move lastSeq past
+      // the events the resume below must still fetch.
+      if (this.token) {
+        this.sequencer.beginResume();
+        await this.authenticate(connection);
+      }
       if (this.username) {
         do await this.resumeEvents(connection);
         while (this.sequencer.needsAnotherResume && !connection.closed);
