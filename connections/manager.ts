@@ -94,6 +94,8 @@ export class ConnectionManager {
   private readonly log: CachedLog;
   private ticker: NodeJS.Timeout | undefined;
   private queue: QueuedWrite[] = [];
+  /** The same queue by (clientId, requestId), so a retry that arrives while its first copy waits shares its answer. */
+  private readonly queuedByKey = new Map<string, QueuedWrite>();
   private flushScheduled = false;
   private pendingWrites: PendingWrite[] = [];
   private pendingReads: PendingRead[] = [];
@@ -193,7 +195,7 @@ export class ConnectionManager {
         if (previous.logIndex <= this.core.committed) return Promise.resolve({ ok: true, index: previous.logIndex, data: previous.data });
         return new Promise((resolve) => this.waitingDedup.push({ index: previous.logIndex, data: previous.data, resolve }));
       }
-      const queued = this.queue.find((item) => item.clientId === clientId && item.requestId === requestId);
+      const queued = this.queuedByKey.get(`${clientId}\u0000${requestId}`);
       if (queued && (queued.command.op !== command.op || actorOf(queued.command) !== actorOf(command))) {
         return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} is in use by this client for a different request` });
       }
@@ -208,7 +210,9 @@ export class ConnectionManager {
       }
     }
     return new Promise((resolve) => {
-      this.queue.push({ clientId, requestId, command, resolve });
+      const item = { clientId, requestId, command, resolve };
+      this.queue.push(item);
+      if (clientId !== null && requestId !== null) this.queuedByKey.set(`${clientId}\u0000${requestId}`, item);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -240,10 +244,12 @@ export class ConnectionManager {
     this.flushScheduled = false;
     if (this.queue.length === 0 || this.stopped) return;
     if (!this.canAcceptWrites()) {
+      this.queuedByKey.clear();
       for (const item of this.queue.splice(0)) item.resolve(this.notPrimary());
       return;
     }
     const batch = this.queue.splice(0, groupCommitRequestsMax);
+    for (const item of batch) if (item.clientId !== null && item.requestId !== null) this.queuedByKey.delete(`${item.clientId}\u0000${item.requestId}`);
     if (this.queue.length > 0) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
@@ -356,6 +362,7 @@ export class ConnectionManager {
     const unknown = [...this.pendingWrites.splice(0), ...this.waitingDedup.splice(0)];
     for (const write of unknown) write.resolve({ ok: false, code: errorCodes.UNAVAILABLE, message: "primary lost before commit; outcome unknown" });
     for (const read of this.pendingReads.splice(0)) read.reject(this.notPrimaryError());
+    this.queuedByKey.clear();
     for (const item of this.queue.splice(0)) item.resolve(this.notPrimary());
     if (unknown.length > 0) this.logger.warn({ dropped: unknown.length, reason }, "dropped writes with unknown outcome");
   }
