@@ -11,7 +11,7 @@ import { connectionInflightMax, frameBytesMax, protocolVersion } from "./consts.
 import { ChatError, errorCodes, type ErrorCode } from "./errors.js";
 import { encodeFrame, LineReader } from "./framing.js";
 import type { ConnectionManager, WriteOutcome } from "./manager.js";
-import { anonymousRequestTypes, anyServerRequestTypes, Request, requestTypes, writeRequestTypes, type EventBody } from "./schema.js";
+import { anonymousRequestTypes, anyServerRequestTypes, Request, requestTypes, type EventBody } from "./schema.js";
 
 type Session = { userId: number; username: string; sessionId: string };
 

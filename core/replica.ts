@@ -115,7 +115,6 @@ export class Replica {
   private freshConfigSeen = false;
   private commitIndex = 0;
   private lastNow: number;
-  private nextTickWork = 0;
   private readonly peers = new Map<NodeId, PeerState>();
 
   // backup / recovering

@@ -75,7 +75,7 @@ export class StateMachine {
       case "config":
         return ok({ epochPrimary: command.primary });
       case "bootstrap":
-        return this.applyBootstrap(index, command.channels);
+        return this.applyBootstrap(command.channels);
       case "register":
         return this.applyRegister(index, command);
       case "login":
@@ -110,7 +110,7 @@ export class StateMachine {
 
   // ---- accounts -------------------------------------------------------------
 
-  private applyBootstrap(index: number, channels: string[]): ApplyResult {
+  private applyBootstrap(channels: string[]): ApplyResult {
     for (const [offset, name] of channels.entries()) {
       if (this.statements.channelByName.get(name)) continue;
       // Default channels get negative ids, so they never collide with ids taken from log indexes.
