@@ -32,7 +32,7 @@ export const messageBodyBytes = 256;
 export const groupSizeDefault = 4;
 /** Registrations in flight at once during setup (each costs one scrypt on the server). */
 export const setupConcurrencyMax = 32;
-/** Writes one client keeps in flight in pipelined (bulk) mode; well under dedupWindow and connectionInflightMax. */
+/** Writes one client keeps in flight in pipelined (bulk) mode; well under connectionInflightMax. */
 export const pipelineDepthMax = 64;
 /**
  * Bulk loads (catch-up backlog, 1M messages): clients × depth writes in flight. 128 keeps group-commit

@@ -259,7 +259,7 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
   if (results.failover && results.failover.length > 0) {
     out.push(
       `Under a closed-loop load of ${results.failover.length ? "16" : ""} clients, the primary is killed (\`kill -9\`: its sockets close at once) or frozen (\`SIGSTOP\`: no FIN, only missing heartbeats reveal it). ` +
-        `Clients find the new primary through monitor connections that ping every machine every 10 ms (\`bench/client.ts\` PrimaryLocator), reconnect, \`auth\` with their session token and re-send every unanswered write with the same clientId and request id (exactly-once through the server's dedup table). ` +
+        `Clients find the new primary through monitor connections that ping every machine every 10 ms (\`bench/client.ts\` PrimaryLocator), reconnect, \`auth\` with their session token and re-send every unanswered write with the same clientId and request id (exactly-once: the server finds a retried request id in its log). ` +
         `"Failover" is from the signal to the first write acknowledged by another server; "longest stall" is the longest any single write waited, from its first send to its acknowledgement. ` +
         `After each trial the old primary is restarted (kill) or resumed (freeze) and the bench waits until all three servers are in sync again. ` +
         `The two timeline columns come from the servers' own logs (pino timestamps of the "role change" lines, relative to the signal; wall clocks of one machine): when the successor became candidate, and when its new config committed and it began serving.`,

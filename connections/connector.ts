@@ -6,7 +6,7 @@
 //  - One link (TCP connection) to the current primary carries every request and every push event.
 //  - Every request gets an id from one increasing counter. An unanswered request is re-sent after a
 //    failover with the SAME id (and the same clientId, sent in `hello` on every connection), so the
-//    server's replicated dedup table applies it at most once.
+//    server's replicated log (each write's response is in its entry) applies it at most once.
 //  - After a reconnect the connector sends `auth {token}` before anything that needs a session,
 //    then replays the push events it missed (events_since) before delivering live ones, in seq order,
 //    each exactly once.
@@ -22,7 +22,6 @@ import pino, { type Logger } from "pino";
 import { z } from "zod";
 import { backoffDelayMs, monotonicMs } from "../utils.js";
 import {
-  dedupWindow,
   frameBytesMax,
   pageSizeMax,
   pingIntervalMs,
@@ -56,7 +55,7 @@ import {
 
 // ---- bounds that only the connector uses -------------------------------------------------------
 
-/** User requests on the wire at once. Keeps request ids of in-flight writes well inside the server's dedupWindow. */
+/** User requests on the wire at once. */
 export const connectorRequestsInflightMax = 256;
 /** User requests waiting for an in-flight slot; more than this are refused with CHAT_ERR_OVERLOADED. */
 export const connectorRequestsQueuedMax = 10_000;
@@ -702,13 +701,10 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     return UnreadSummary.parse(await this.request("unread"));
   }
 
-  /** Moves waiting requests into flight while the in-flight bound and the dedup window allow. */
+  /** Moves waiting requests into flight while the in-flight bound allows. */
   private admitWaiting(): void {
     while (this.waiting.length > 0 && this.pending.size < connectorRequestsInflightMax) {
-      // The server forgets dedup entries more than dedupWindow ids older than the newest write of this
-      // client; a request that may still be retried must never fall out of that window.
-      const oldest = this.pending.keys().next();
-      if (!oldest.done && this.nextRequestId - oldest.value >= dedupWindow / 2) break;
+      // No window to respect: the server keeps the response of every write in its log entry.
       const request = this.waiting.shift()!;
       request.id = this.allocateId();
       this.pending.set(request.id, request);

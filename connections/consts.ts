@@ -29,8 +29,7 @@ export const saltBytes = 16;
 export const sessionTokenBytes = 32;
 
 // ---- idempotency ---------------------------------------------------------
-/** Per client id, responses are kept for the last dedupWindow request ids. A client must not have more writes than this in flight. */
-export const dedupWindow = 1024;
+// No dedup window: every write's response lives in its log entry, found by (clientId, request id).
 /** Requests a single connection may have outstanding before the server answers CHAT_ERR_OVERLOADED. */
 export const connectionInflightMax = 1024;
 

@@ -6,12 +6,12 @@ import { createHash } from "node:crypto";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
 import { actorOf, type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
-import { logTablesSql, stateTableNames, stateTablesSql } from "./tables.js";
+import { logTablesSql, schemaVersion, stateTableNames, stateTablesSql } from "./tables.js";
 
 export type Durability = "full" | "normal";
 
-/** A stored answer to (clientId, requestId): what was asked, for whom, and the response. */
-export type DedupRecord = { logIndex: number; op: string; actor: number | null; data: Record<string, unknown> };
+/** A stored answer to (clientId, requestId): the entry that carried it, what was asked, for whom, and the response. */
+export type DedupRecord = { logIndex: number; command: Command; op: string; actor: number | null; data: Record<string, unknown> };
 
 /** Result of applying one proposed command on the primary. */
 export type Proposal = { entry: LogEntry; result: ApplyResult };
@@ -32,12 +32,13 @@ export class Store {
     // process crash. "normal" exists only as an explicit, documented benchmark option.
     this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
     this.db.pragma("foreign_keys = OFF");
+    this.checkSchemaVersion();
     this.db.exec(logTablesSql);
     this.db.exec(stateTablesSql);
     this.machine = new StateMachine(this.db);
     const s = (sql: string) => this.db.prepare(sql);
     this.statements = {
-      insertEntry: s("INSERT INTO log (idx, epoch, kind, client_id, request_id, body) VALUES (?, ?, ?, ?, ?, ?)"),
+      insertEntry: s("INSERT INTO log (idx, epoch, kind, client_id, request_id, body, response) VALUES (?, ?, ?, ?, ?, ?, ?)"),
       entry: s("SELECT * FROM log WHERE idx = ?"),
       range: s("SELECT * FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx"),
       lastEntry: s("SELECT idx, epoch FROM log ORDER BY idx DESC LIMIT 1"),
@@ -46,15 +47,32 @@ export class Store {
       hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' AND kind != 'command' LIMIT 1"),
       deleteAfter: s("DELETE FROM log WHERE idx > ?"),
       lastIndexAtOrBeforeEpoch: s("SELECT max(idx) AS idx FROM log WHERE epoch <= ?"),
-      dedupGet: s("SELECT log_idx, op, actor, response FROM dedup WHERE client_id = ? AND request_id = ?"),
-      dedupPut: s("INSERT INTO dedup (client_id, request_id, log_idx, op, actor, response) VALUES (?, ?, ?, ?, ?, ?)"),
-      dedupPrune: s("DELETE FROM dedup WHERE client_id = ? AND request_id <= ?"),
+      dedupGet: s("SELECT idx, body, response FROM log WHERE client_id = ? AND request_id = ?"),
+      // Prepared once: db.exec would compile these on every command of every batch.
+      savepoint: s("SAVEPOINT command"),
+      release: s("RELEASE command"),
+      rollbackTo: s("ROLLBACK TO command"),
       metaGet: s("SELECT value FROM meta WHERE key = ?"),
       metaPut: s("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
     };
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
     this.loadLogSummary();
+  }
+
+  /** A brand-new file gets the current version; a file of another version is refused, not guessed at. */
+  private checkSchemaVersion(): void {
+    const version = this.db.pragma("user_version", { simple: true }) as number;
+    const hasTables = this.db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").get() !== undefined;
+    if (!hasTables) {
+      this.db.pragma(`user_version = ${schemaVersion}`);
+      return;
+    }
+    if (version !== schemaVersion) {
+      const problem = `${this.db.name} holds data format ${version}, and this server reads and writes format ${schemaVersion}: start it on an empty data directory (the runner's --fresh)`;
+      this.db.close();
+      throw new Error(problem);
+    }
   }
 
   /** Reads the newest config and the bootstrap flag from disk (startup, truncation, rollback). */
@@ -89,24 +107,24 @@ export class Store {
    */
   proposeBatch(
     epoch: number,
-    commands: { clientId: string | null; requestId: number | null; command: Command; dedupWindow: number }[],
+    commands: { clientId: string | null; requestId: number | null; command: Command }[],
     beforeCommit: (entries: LogEntry[]) => void = () => {},
   ): Proposal[] {
     const proposals: Proposal[] = [];
     const run = this.db.transaction(() => {
       let next = this.last.index + 1;
       for (const item of commands) {
-        this.db.exec("SAVEPOINT command");
+        this.statements.savepoint.run();
         const entry: LogEntry = { index: next, epoch, clientId: item.clientId, requestId: item.requestId, command: item.command };
         const result = this.machine.apply(next, item.command);
         if (!result.ok) {
-          this.db.exec("ROLLBACK TO command");
-          this.db.exec("RELEASE command");
+          this.statements.rollbackTo.run();
+          this.statements.release.run();
           proposals.push({ entry: { ...entry, index: 0 }, result });
           continue;
         }
-        this.writeEntry(entry, result, item.dedupWindow);
-        this.db.exec("RELEASE command");
+        this.writeEntry(entry, result);
+        this.statements.release.run();
         proposals.push({ entry, result });
         next += 1;
       }
@@ -119,14 +137,14 @@ export class Store {
   // ---- backup path -------------------------------------------------------------
 
   /** Appends entries received from the primary and applies them, in one transaction. */
-  appendEntries(entries: LogEntry[], dedupWindow: number): Effect[][] {
+  appendEntries(entries: LogEntry[]): Effect[][] {
     const effects: Effect[][] = [];
     const run = this.db.transaction(() => {
       for (const entry of entries) {
         const result = this.machine.apply(entry.index, entry.command);
         // The primary applied this exact command at this exact state; anything else is divergence.
         assert(result.ok, `entry ${entry.index} (${entry.command.op}) failed on replay: ${!result.ok && result.message}`);
-        this.writeEntry(entry, result, dedupWindow);
+        this.writeEntry(entry, result);
         effects.push(result.effects);
       }
     });
@@ -146,17 +164,15 @@ export class Store {
     }
   }
 
-  private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }, dedupWindow: number): void {
+  private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }): void {
     assert(entry.index === this.last.index + 1, `log index ${entry.index} follows ${this.last.index}`);
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
-    this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command));
+    // The response is kept only where a retry can ask for it again.
+    const response = entry.clientId !== null && entry.requestId !== null ? JSON.stringify(result.data) : null;
+    this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command), response);
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
-    if (entry.clientId !== null && entry.requestId !== null) {
-      this.statements.dedupPut.run(entry.clientId, entry.requestId, entry.index, entry.command.op, actorOf(entry.command), JSON.stringify(result.data));
-      this.statements.dedupPrune.run(entry.clientId, entry.requestId - dedupWindow);
-    }
     this.last = { index: entry.index, epoch: entry.epoch };
   }
 
@@ -192,9 +208,13 @@ export class Store {
     return this.bootstrapped;
   }
 
+  /** The entry and response of an earlier write with this (clientId, requestId), if the log holds one. */
   dedupLookup(clientId: string, requestId: number): DedupRecord | undefined {
-    const row = this.statements.dedupGet.get(clientId, requestId) as { log_idx: number; op: string; actor: number | null; response: string } | undefined;
-    return row ? { logIndex: row.log_idx, op: row.op, actor: row.actor, data: JSON.parse(row.response) } : undefined;
+    const row = this.statements.dedupGet.get(clientId, requestId) as { idx: number; body: string; response: string | null } | undefined;
+    if (!row) return undefined;
+    assert(row.response !== null, `log entry ${row.idx} with a request id holds its response`);
+    const command = JSON.parse(row.body) as Command;
+    return { logIndex: row.idx, command, op: command.op, actor: actorOf(command), data: JSON.parse(row.response) };
   }
 
   // ---- recovery --------------------------------------------------------------
@@ -203,7 +223,7 @@ export class Store {
    * Drops every entry after `index` and rebuilds the state tables by replaying the log up to it.
    * Only a recovering server does this, for entries that were never acknowledged.
    */
-  truncateAfter(index: number, dedupWindow: number): void {
+  truncateAfter(index: number): void {
     assert(index >= 0 && index <= this.last.index, `truncate point ${index} within log`);
     if (index === this.last.index) return;
     const kept = this.entries(1, index);
@@ -211,12 +231,12 @@ export class Store {
       for (const table of stateTableNames) this.db.exec(`DELETE FROM ${table}`);
       this.statements.deleteAfter.run(index);
       this.last = { index: 0, epoch: 0 };
-      // Rewrite the kept entries through the normal path so dedup and state match a live server.
+      // Rewrite the kept entries through the normal path so responses and state match a live server.
       this.db.exec("DELETE FROM log");
       for (const entry of kept) {
         const result = this.machine.apply(entry.index, entry.command);
         assert(result.ok, `replay of entry ${entry.index} succeeds`);
-        this.writeEntry(entry, result, dedupWindow);
+        this.writeEntry(entry, result);
       }
     }).immediate();
     this.loadLogSummary();
@@ -240,7 +260,7 @@ export class Store {
     return stateDigestOf(this.db);
   }
 
-  /** SHA-256 over log entries 1..upTo. */
+  /** SHA-256 over log entries 1..upTo, responses included. */
   logDigest(upTo = this.last.index): string {
     return logDigestOf(this.db, upTo);
   }
@@ -266,7 +286,7 @@ export function stateDigestOf(db: Database.Database): string {
 
 export function logDigestOf(db: Database.Database, upTo: number): string {
   const hash = createHash("sha256");
-  for (const row of db.prepare("SELECT idx, epoch, kind, client_id, request_id, body FROM log WHERE idx <= ? ORDER BY idx").iterate(upTo)) {
+  for (const row of db.prepare("SELECT idx, epoch, kind, client_id, request_id, body, response FROM log WHERE idx <= ? ORDER BY idx").iterate(upTo)) {
     hash.update(JSON.stringify(row));
     hash.update("\n");
   }
@@ -283,11 +303,11 @@ function rowToEntry(row: LogRow): LogEntry {
 }
 
 /** Rebuilds a fresh database from the log alone, applying every entry in order. */
-export function replayInto(target: Store, entries: Iterable<LogEntry>, dedupWindow: number): void {
+export function replayInto(target: Store, entries: Iterable<LogEntry>): void {
   const batch: LogEntry[] = [];
   for (const entry of entries) {
     batch.push(entry);
-    if (batch.length >= 1000) target.appendEntries(batch.splice(0), dedupWindow);
+    if (batch.length >= 1000) target.appendEntries(batch.splice(0));
   }
-  if (batch.length > 0) target.appendEntries(batch, dedupWindow);
+  if (batch.length > 0) target.appendEntries(batch);
 }

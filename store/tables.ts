@@ -1,5 +1,9 @@
 // Table definitions. `log` and `meta` belong to this server; every other table is replicated state,
-// rebuilt exactly by replaying the log (see Store.stateDigest and tests/replay.test.ts).
+// rebuilt exactly by replaying the log (see Store.stateDigest and tests/replay.test.ts). The log's
+// `response` column is replicated state too: apply computes it, so every server writes the same one.
+
+/** Bumped when the file format changes; a server refuses a data directory of another version. */
+export const schemaVersion = 2;
 
 export const logTablesSql = `
 CREATE TABLE IF NOT EXISTS log (
@@ -8,9 +12,14 @@ CREATE TABLE IF NOT EXISTS log (
   kind       TEXT    NOT NULL,          -- 'config', 'bootstrap' or 'command'
   client_id  TEXT,
   request_id INTEGER,
-  body       TEXT    NOT NULL           -- the command as JSON
+  body       TEXT    NOT NULL,          -- the command as JSON
+  response   TEXT                       -- the response data as JSON, for exactly-once retries; null without a request id
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS log_kind ON log(kind, idx) WHERE kind != 'command';
+-- Exactly-once: a retried (client id, request id) finds its original entry and response here.
+-- Kept in the log row rather than in a table of its own: one fewer B-tree per write, and the
+-- entries of one batch land on the log's last pages instead of one page per client.
+CREATE UNIQUE INDEX IF NOT EXISTS log_request ON log(client_id, request_id) WHERE request_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 `;
 
@@ -23,7 +32,6 @@ export const stateTableNames = [
   "messages",
   "read_markers",
   "notices",
-  "dedup",
 ] as const;
 
 export const stateTablesSql = `
@@ -85,14 +93,5 @@ CREATE TABLE IF NOT EXISTS notices (
   ord         INTEGER NOT NULL,         -- order among the events of one entry
   body        TEXT    NOT NULL,
   PRIMARY KEY (user_id, seq, ord)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dedup (
-  client_id   TEXT    NOT NULL,
-  request_id  INTEGER NOT NULL,
-  log_idx     INTEGER NOT NULL,
-  op          TEXT    NOT NULL,         -- what was asked: a retry must ask the same thing
-  actor       INTEGER,                  -- on whose behalf (user id), null for register
-  response    TEXT    NOT NULL,
-  PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 `;

@@ -243,6 +243,27 @@ describe("login, auth and logout", () => {
     expect(data.token).not.toBe(token);
   });
 
+  it("a retried logout answers from the log and ends only the session its first attempt ended", async () => {
+    // Goal: a deduplicated retry has no side effect of its own. Method: on one connection (one
+    // clientId), log out of session A with request id N, resume session B with auth, then resend
+    // logout with id N: it gets the original answer, and B stays logged in everywhere.
+    const username = uniqueName("relogout");
+    const { token: tokenB } = await server.register(username);
+    const { client, data } = await server.login(username);
+    const { client: elsewhere } = await server.auth(tokenB);
+    const first = await client.request("logout", {}, 10000, 900);
+    expect(first.type).toBe("ok");
+    await client.ok("auth", { token: tokenB });
+    const retry = await client.request("logout", {}, 10000, 900);
+    expect(retry.type).toBe("ok");
+    expect(retry.data).toEqual(first.data);
+    await client.ok("unread");
+    await elsewhere.ok("unread");
+    const fresh = await server.hello();
+    expect(await errorOf(fresh, "auth", { token: data.token })).toBe("CHAT_ERR_BAD_SESSION");
+    await fresh.ok("auth", { token: tokenB });
+  });
+
   it("identity comes from the session: requests naming a sender (from, actor, user) answer CHAT_ERR_BAD_REQUEST and change nothing", async () => {
     const alice = uniqueName("idA");
     const bob = uniqueName("idB");

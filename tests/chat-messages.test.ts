@@ -303,7 +303,7 @@ describe("exactly-once retries (clientId + request id)", () => {
   });
 
   it("a request id reused by the same client for a different request, or by another user's session, is refused with CHAT_ERR_BAD_REQUEST", async () => {
-    // Goal: the dedup table answers only a true retry. Method: after a post with (clientId, id), send a
+    // Goal: deduplication answers only a true retry. Method: after a post with (clientId, id), send a
     // different request type with that pair, and the same post from another user sharing the clientId.
     const clientId = newClientId();
     const alice = uniqueName("reuseA");

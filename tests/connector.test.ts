@@ -152,7 +152,7 @@ describe("ClientConnector with a real 3-server cluster", () => {
   });
 
   it("the same request id sent twice with the same clientId is applied once, on the same primary and on the next one", async () => {
-    // Goal: the server's dedup table (clientId, request id) survives failover.
+    // Goal: the server's record of (clientId, request id) and its response survives failover.
     // Method: a raw client posts with id 100 twice, the primary is killed, and a new raw client with
     // the same clientId re-sends id 100 to the new primary; every answer names the same message.
     const running = await startCluster();

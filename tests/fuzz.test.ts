@@ -172,7 +172,7 @@ describe("fuzzing a live server", () => {
     await check(name, requestShaped(names, types), async ({ v, id, type, fields, extra }) => {
       const frame: Record<string, unknown> = { v, id, type, ...fields };
       for (const [key, value] of Object.entries(extra ?? {})) Object.defineProperty(frame, key, { value, enumerable: true, writable: true, configurable: true });
-      // A fresh id for every valid one, so no answer comes from the dedup table and every ok write is a new entry.
+      // A fresh id for every valid one, so no answer comes from an earlier entry and every ok write is a new entry.
       if (frame.id === "fresh" || (typeof frame.id === "number" && Number.isSafeInteger(frame.id) && frame.id > 0)) frame.id = nextRequestId++;
       const start = client.frames.length;
       const responses = await sendThenPing(client, Buffer.from(JSON.stringify(frame)));

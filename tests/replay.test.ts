@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect } from "vitest";
-import { dedupWindow } from "../connections/consts.js";
 import { Store, replayInto } from "../store/store.js";
 import { seededRandom } from "../utils.js";
 import type { TestClient } from "./helpers/client.js";
@@ -149,13 +148,13 @@ describe("replaying the log", () => {
       expect(stateDigestOf(original.db)).toBe(original.stateDigest());
 
       const first = open(join(scratch, `first-${runs}.db`));
-      replayInto(first, original.entries(1, original.lastIndex), dedupWindow);
+      replayInto(first, original.entries(1, original.lastIndex));
       expect(first.lastIndex).toBe(original.lastIndex);
       expect(first.logDigest()).toBe(original.logDigest());
       expect(first.stateDigest()).toBe(original.stateDigest());
 
       const second = open(join(scratch, `second-${runs}.db`));
-      replayInto(second, original.entries(1, original.lastIndex), dedupWindow);
+      replayInto(second, original.entries(1, original.lastIndex));
       expect(second.stateDigest()).toBe(first.stateDigest());
       expect(second.logDigest()).toBe(first.logDigest());
 
