@@ -23,6 +23,10 @@ class ClientConnection {
   constructor(readonly socket: net.Socket) {}
   private corked = false;
   send(frame: unknown): void {
+    this.sendLine(encodeFrame(frame));
+  }
+  /** Writes a frame already encoded with encodeFrame (a push shared by many connections). */
+  sendLine(line: string): void {
     if (this.closed) return;
     // Frames written in one event-loop turn (a commit's responses and pushes) leave in one write.
     if (!this.corked) {
@@ -33,7 +37,7 @@ class ClientConnection {
         this.socket.uncork();
       });
     }
-    this.socket.write(encodeFrame(frame));
+    this.socket.write(line);
   }
 }
 
@@ -84,8 +88,13 @@ export class ClientService {
     for (const { index, effects } of committed) {
       for (const effect of effects) {
         const users = "users" in effect.audience ? effect.audience.users : this.channelMembers(effect.audience.channelId);
+        // Encoded at most once, however many sessions receive it.
+        let line: string | undefined;
         for (const userId of users) {
-          for (const connection of this.online.get(userId) ?? []) this.sendEvent(connection, index, effect.event);
+          for (const connection of this.online.get(userId) ?? []) {
+            line ??= encodeFrame({ v: protocolVersion, type: "event", seq: index, event: effect.event });
+            connection.sendLine(line);
+          }
         }
       }
     }
@@ -94,10 +103,6 @@ export class ClientService {
   private channelMembers(channelId: number): number[] {
     const rows = this.membersStatement.all(channelId) as { user_id: number }[];
     return rows.map((row) => row.user_id);
-  }
-
-  private sendEvent(connection: ClientConnection, seq: number, event: EventBody): void {
-    connection.send({ v: protocolVersion, type: "event", seq, event });
   }
 
   // ---- connections -------------------------------------------------------------
@@ -193,13 +198,16 @@ export class ClientService {
       case "auth":
         return this.auth(connection, request.token);
       case "logout": {
-        await this.write(connection, request.id, { op: "logout", actor: session.userId, sessionId: session.sessionId });
-        // The session is gone: every connection that resumed it with its token is logged out too.
+        const outcome = await this.writeOutcome(connection, request.id, { op: "logout", actor: session.userId, sessionId: session.sessionId });
+        // The session that entry ended is gone: every connection that resumed it with its token is
+        // logged out too. A retry answered from the log names the session its first attempt ended,
+        // which may not be this connection's current one.
+        const entry = this.manager.store.entry(outcome.index);
+        const ended = entry?.command.op === "logout" ? entry.command.sessionId : session.sessionId;
         for (const other of [...(this.online.get(session.userId) ?? [])]) {
-          if (other.session?.sessionId === session.sessionId) this.detachSession(other);
+          if (other.session?.sessionId === ended) this.detachSession(other);
         }
-        this.detachSession(connection);
-        return {};
+        return outcome.data;
       }
       case "delete_account":
         return this.deleteAccount(connection, session, request.password, request.id);
@@ -262,9 +270,14 @@ export class ClientService {
 
   /** Proposes a write and answers with its response, or throws its error. */
   private async write(connection: ClientConnection, requestId: number, command: Command): Promise<Record<string, unknown>> {
+    return (await this.writeOutcome(connection, requestId, command)).data;
+  }
+
+  /** As write, with the log index of the entry that answered (the first attempt's, for a retry). */
+  private async writeOutcome(connection: ClientConnection, requestId: number, command: Command): Promise<WriteOutcome & { ok: true }> {
     const outcome: WriteOutcome = await this.manager.submitWrite(connection.clientId, connection.clientId ? requestId : null, command);
     if (!outcome.ok) throw new ChatError(outcome.code as ErrorCode, outcome.message);
-    return outcome.data;
+    return outcome;
   }
 
   private now(): number {
@@ -296,7 +309,7 @@ export class ClientService {
 
   private async login(connection: ClientConnection, request: Extract<Request, { type: "login" }>): Promise<Record<string, unknown>> {
     // The password is checked on every attempt, retries included; a retry then gets the session
-    // its first attempt created (the dedup table also checks it is the same user).
+    // its first attempt created (the dedup lookup also checks it is the same user).
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
     if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
     const user = this.queries.userByName(request.username);
