@@ -771,6 +771,11 @@ export class Replica {
       return;
     }
     if (now < this.candidacyNotBefore) return;
+    // Appends from a primary of our epoch arrived just now: it leads, even if the last status it sent
+    // predates its takeover (a status says "serving" only a heartbeat later). Without this, a server
+    // that holds the new config entry but an old status of its sender would see a better log here
+    // and depose a primary that had just begun serving.
+    if (this.primaryId !== null && this.primaryId !== this.id && this.matchedEpoch === this.promised && now - this.lastAppendAt <= this.timing.peerTimeoutMs) return;
     // Hear from everyone reachable before trusting what we know: a newer config may be a dial away.
     if (now - this.contactBaseline < this.timing.unreachableGraceMs) return;
     // No primary. Elect only from the newest config any reachable server knows, and only once
