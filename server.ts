@@ -78,7 +78,7 @@ function main(): void {
       logger.warn({ reason }, "not serving clients any more; closing client connections");
       clients?.dropAll();
     },
-  }, logger.child({ component: "manager" }));
+  }, logger);
   clients = new ClientService(manager, cluster.clusterSecret, logger.child({ component: "clients" }));
 
   const shutdown = (signal: string) => {

@@ -9,7 +9,6 @@ import { actorOf, type Command, type ConfigCommand, type Effect, type LogEntry }
 import type { Store } from "../store/store.js";
 import { monotonicMs } from "../utils.js";
 import {
-  dedupWindow,
   defaultChannels,
   freezeDetectMs,
   groupCommitRequestsMax,
@@ -92,6 +91,7 @@ export class ConnectionManager {
   readonly core: Replica;
   private readonly links: PeerLinks;
   private readonly log: CachedLog;
+  private readonly logger: Logger;
   private ticker: NodeJS.Timeout | undefined;
   private queue: QueuedWrite[] = [];
   /** The same queue by (clientId, requestId), so a retry that arrives while its first copy waits shares its answer. */
@@ -108,8 +108,10 @@ export class ConnectionManager {
     readonly cluster: ClusterConfig,
     readonly store: Store,
     private readonly events: ManagerEvents,
-    private readonly logger: Logger,
+    serverLogger: Logger,
   ) {
+    // Sibling child loggers: a child of a child would repeat the "component" key in every line.
+    this.logger = serverLogger.child({ component: "manager" });
     this.log = new CachedLog(store);
     const order = cluster.machines.map((machine) => machine.id);
     this.core = new Replica({
@@ -136,7 +138,7 @@ export class ConnectionManager {
       onDown: (peer) => this.execute(this.core.onPeerDown(peer, monotonicMs())),
       onRefused: (peer) => this.execute(this.core.onPeerRefused(peer, monotonicMs())),
       onMessage: (peer, message) => this.execute(this.core.onMessage(peer, message, monotonicMs())),
-    }, logger.child({ component: "peer" }));
+    }, serverLogger.child({ component: "peer" }));
   }
 
   async start(): Promise<void> {
@@ -260,7 +262,7 @@ export class ConnectionManager {
   private propose(batch: QueuedWrite[]): void {
     const proposals = this.store.proposeBatch(
       this.core.epoch,
-      batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command, dedupWindow })),
+      batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command })),
       (entries) => {
         // Ship to the backups while our own fsync runs: the commit below is what makes us durable.
         this.log.remember(entries);
@@ -284,7 +286,7 @@ export class ConnectionManager {
           this.links.send(action.to, action.message as PeerMessage);
           break;
         case "persist": {
-          this.store.appendEntries(action.entries, dedupWindow);
+          this.store.appendEntries(action.entries);
           this.log.remember(action.entries);
           this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
           break;
@@ -292,7 +294,7 @@ export class ConnectionManager {
         case "truncate":
           this.logger.warn({ afterIndex: action.afterIndex, lastIndex: this.store.lastIndex }, "truncating unacknowledged log suffix");
           this.log.forget();
-          this.store.truncateAfter(action.afterIndex, dedupWindow);
+          this.store.truncateAfter(action.afterIndex);
           break;
         case "promise":
           this.store.putMeta("promised_epoch", String(action.epoch));
