@@ -51,6 +51,8 @@ export const peerDialBackoffMaxMs = 500;
 export const replicationBatchEntriesMax = 500;
 /** Appended-but-unacknowledged entries a primary keeps in flight per backup (backpressure). */
 export const replicationInflightEntriesMax = 20000;
+/** Recent log entries the primary keeps in memory for replication; older ones are read back from SQLite (catch-up). */
+export const logCacheEntriesMax = 4 * replicationBatchEntriesMax;
 /** Client writes grouped into one SQLite transaction. */
 export const groupCommitRequestsMax = 512;
 /** A member we cannot reach counts as dead (for elections) only after this long without contact; above the peer dial backoff. */

@@ -14,6 +14,7 @@ import {
   groupCommitRequestsMax,
   heartbeatIntervalMs,
   leaseMs,
+  logCacheEntriesMax,
   peerTimeoutMs,
   replicationBatchEntriesMax,
   replicationInflightEntriesMax,
@@ -52,8 +53,14 @@ class CachedLog implements LogView {
   }
   remember(entries: LogEntry[]): void {
     for (const entry of entries) this.cache.set(entry.index, entry);
-    const oldest = this.store.lastIndex - replicationInflightEntriesMax * 2;
-    if (this.cache.size > replicationInflightEntriesMax * 2) for (const index of this.cache.keys()) if (index < oldest) this.cache.delete(index);
+    // Live backups ack within a few batches; a follower further behind is catching up from SQLite.
+    const oldest = this.store.lastIndex - logCacheEntriesMax;
+    if (this.cache.size <= logCacheEntriesMax) return;
+    // Keys are in insertion order, which is index order: the oldest come first.
+    for (const index of this.cache.keys()) {
+      if (index >= oldest) break;
+      this.cache.delete(index);
+    }
   }
   forget(): void {
     this.cache.clear();
