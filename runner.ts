@@ -38,12 +38,15 @@ Console commands:
 const colours = [36, 33, 35, 32, 34, 91, 92, 93];
 const paint = (code: number, text: string) => (process.stdout.isTTY ? `\x1b[${code}m${text}\x1b[0m` : text);
 
-type Server = { machine: Machine; child?: ChildProcess; logFile: WriteStream; paused: boolean };
+/** logFile is opened when the server is first started: a spare that never ran has none. */
+type Server = { machine: Machine; child?: ChildProcess; logFile?: WriteStream; paused: boolean };
+type Statuses = Map<number, (ServerStatus & { rttMs: number }) | undefined>;
 
 class Runner {
   private readonly servers = new Map<number, Server>();
   private lastShape = "";
   private readonly lastEntry = new Map<number, unknown>();
+  private watching = false;
   private quitting = false;
   private readonly poller: NodeJS.Timeout;
 
@@ -52,9 +55,7 @@ class Runner {
     private readonly configPath: string,
     private readonly dataDir: string,
   ) {
-    for (const machine of config.machines) {
-      this.servers.set(machine.id, { machine, logFile: createWriteStream(join(dataDir, `server-${machine.id}.log`), { flags: "a" }), paused: false });
-    }
+    for (const machine of [...config.machines].sort((a, b) => a.id - b.id)) this.servers.set(machine.id, { machine, paused: false });
     this.poller = setInterval(() => void this.watchShape(), 1000);
   }
 
@@ -69,10 +70,12 @@ class Runner {
     );
     server.child = child;
     server.paused = false;
+    server.logFile ??= createWriteStream(join(this.dataDir, `server-${id}.log`), { flags: "a" });
+    const logFile = server.logFile;
     const prefix = paint(colours[(id - 1) % colours.length], `[server ${id}]`);
     const reader = new LineReader(1 << 20, { onFrame: (line) => this.onLogLine(prefix, line), onOversize: () => {} });
     child.stdout!.on("data", (data: Buffer) => {
-      server.logFile.write(data);
+      logFile.write(data);
       reader.push(data);
     });
     child.stderr!.on("data", (data: Buffer) => process.stdout.write(`${prefix} ${data}`));
@@ -105,10 +108,15 @@ class Runner {
     this.start(id);
   }
 
+  /** Machines in the config that this runner has not started yet: what `add` can start. */
+  spares(): Machine[] {
+    return [...this.servers.values()].filter((server) => !server.logFile).map((server) => server.machine);
+  }
+
   add(): void {
-    const spare = [...this.servers.values()].find((server) => !server.child && !(this.config.initialMembers ?? []).includes(server.machine.id) && !server.logFile.bytesWritten);
+    const spare = this.spares()[0];
     if (!spare) return this.say("no spare machine left in the config (start with --spares N)");
-    this.start(spare.machine.id);
+    this.start(spare.id);
   }
 
   private onLogLine(prefix: string, line: string): void {
@@ -128,8 +136,9 @@ class Runner {
     process.stdout.write(`${prefix} ${text}${detail}\n`);
   }
 
-  async statuses(): Promise<Map<number, (ServerStatus & { rttMs: number }) | undefined>> {
-    const result = new Map<number, (ServerStatus & { rttMs: number }) | undefined>();
+  /** Pings every running server; the map is in reply order, so read it by id. */
+  async statuses(): Promise<Statuses> {
+    const result: Statuses = new Map();
     await Promise.all(
       [...this.servers.values()].map(async (server) => {
         result.set(server.machine.id, server.child && !server.paused ? await ping(server.machine) : undefined);
@@ -138,15 +147,16 @@ class Runner {
     return result;
   }
 
-  async printStatus(): Promise<void> {
-    const statuses = await this.statuses();
+  /** Prints the table of every server started so far (and the initial members), in id order. */
+  async printStatus(statuses?: Statuses): Promise<void> {
+    statuses ??= await this.statuses();
     if (this.quitting) return;
     const primary = [...statuses.values()].find((status) => status?.role === "primary");
     const rows = [["id", "pid", "state", "role", "epoch", "last index", "in-sync", "lag (entries)", "ping ms"]];
     for (const server of this.servers.values()) {
       const status = statuses.get(server.machine.id);
       const state = !server.child ? "down" : server.paused ? "paused" : status ? "up" : "no answer";
-      if (!server.child && !(this.config.initialMembers ?? []).includes(server.machine.id) && !server.logFile.bytesWritten) continue;
+      if (!server.logFile && !(this.config.initialMembers ?? []).includes(server.machine.id)) continue;
       rows.push([
         String(server.machine.id),
         String(server.child?.pid ?? "-"),
@@ -154,7 +164,7 @@ class Runner {
         status?.role ?? "-",
         String(status?.epoch ?? "-"),
         String(status?.lastIndex ?? "-"),
-        primary && status ? (primary.members.includes(server.machine.id) ? "yes" : "no") : "-",
+        !server.child ? "no" : primary && status ? (primary.members.includes(server.machine.id) ? "yes" : "no") : "-",
         primary && status ? String(Math.max(0, primary.lastIndex - status.lastIndex)) : "-",
         status ? String(status.rttMs) : "-",
       ]);
@@ -164,22 +174,36 @@ class Runner {
     process.stdout.write(`${paint(1, lines[0])}\n${lines.slice(1).join("\n")}\n`);
   }
 
-  /** Prints the table by itself whenever roles, epochs or the in-sync set change. */
+  /**
+   * Prints the table by itself when a server goes up, down or paused, or a role, an epoch or the
+   * in-sync set (the primary's members) changes; last index, lag and ping alone do not reprint it.
+   */
   private async watchShape(): Promise<void> {
-    const statuses = await this.statuses();
-    if (this.quitting) return;
-    // A running server that missed one ping (a busy machine) keeps its last known shape: no reprint.
-    const shape = JSON.stringify(
-      [...statuses.entries()].map(([id, status]) => {
-        const server = this.servers.get(id)!;
-        const entry = status ? [server.child ? "up" : "down", status.role, status.epoch, status.members] : server.child && !server.paused ? this.lastEntry.get(id) : [server.paused ? "paused" : "down"];
-        this.lastEntry.set(id, entry);
-        return [id, entry];
-      }),
-    );
-    if (shape === this.lastShape) return;
-    this.lastShape = shape;
-    await this.printStatus();
+    if (this.watching) return;
+    this.watching = true;
+    try {
+      const statuses = await this.statuses();
+      if (this.quitting) return;
+      // In id order (this.servers is sorted), not in the order the pings were answered.
+      // A running server that missed one ping (a busy machine) keeps its last known shape: no reprint.
+      // A down or paused server leaving the in-sync set changes nothing on screen (it shows "no" or "-").
+      const answering = (id: number) => Boolean(this.servers.get(id)?.child && !this.servers.get(id)?.paused);
+      const shape = JSON.stringify(
+        [...this.servers.values()].map((server) => {
+          const id = server.machine.id;
+          const status = statuses.get(id);
+          const members = status?.role === "primary" ? status.members.filter(answering).sort((a, b) => a - b) : null;
+          const entry = status ? ["up", status.role, status.epoch, members] : server.child && !server.paused ? this.lastEntry.get(id) : [server.paused ? "paused" : "down"];
+          this.lastEntry.set(id, entry);
+          return [id, entry];
+        }),
+      );
+      if (shape === this.lastShape) return;
+      this.lastShape = shape;
+      await this.printStatus(statuses);
+    } finally {
+      this.watching = false;
+    }
   }
 
   say(text: string): void {
@@ -202,7 +226,7 @@ class Runner {
         return exited.then(() => clearTimeout(timer));
       });
     await Promise.all(exits);
-    for (const server of this.servers.values()) server.logFile.end();
+    for (const server of this.servers.values()) server.logFile?.end();
     this.say("all servers stopped");
   }
 }
@@ -286,6 +310,11 @@ async function main(): Promise<void> {
   const runner = new Runner(config, configPath, dataDir);
   for (const id of config.initialMembers ?? config.machines.map((machine) => machine.id)) runner.start(id);
   runner.say(`cluster config: ${configPath}`);
+  const idle = runner.spares();
+  if (idle.length > 0) {
+    const list = idle.map((machine) => `${machine.id} (port ${machine.clientPort})`).join(", ");
+    runner.say(`spare machines for 'add', in the config but not started: ${list}`);
+  }
   runner.say(`open a client in another terminal:  npm run client -- --config ${configPath}`);
   runner.say("type 'help' for commands; Ctrl-C stops everything");
 

@@ -82,6 +82,16 @@ function statusBar(text: string): string {
   return text.split("\n").find((line) => line.includes("] [") && /\[(server \d+|no server)/.test(line)) ?? "";
 }
 
+/** The current window's name in the status bar ("[2:#lobby]" -> "#lobby"), or "" if none shows. */
+function currentWindow(text: string): string {
+  return /\[\d+:([#@(][^\]]*)\]/.exec(statusBar(text))?.[1] ?? "";
+}
+
+/** The current window's number in the status bar. */
+function currentNumber(text: string): number {
+  return Number(/\[(\d+):[#@(][^\]]*\]/.exec(statusBar(text))?.[1]);
+}
+
 async function registerInUi(name: string): Promise<void> {
   await waitForScreen(name, (text) => text.includes("/help for commands"), "the client to start");
   await type(name, `/register ${name}`);
@@ -118,6 +128,9 @@ describe("full-screen client in tmux", () => {
     // read both screens with capture-pane.
     await Promise.all([startClient("alice"), startClient("bob")]);
     await Promise.all([registerInUi("alice"), registerInUi("bob")]);
+    // alice also has #lobby open: the failover notices must show there too.
+    await type("alice", "/create #lobby");
+    const lobby = currentNumber(await waitForScreen("alice", (text) => currentWindow(text) === "#lobby", "alice's #lobby window"));
     await type("alice", "/query bob");
     await type("bob", "/query alice");
     await waitForScreen("alice", (text) => text.includes("@bob - direct messages"), "alice's @bob window");
@@ -155,6 +168,37 @@ describe("full-screen client in tmux", () => {
       expect(text).not.toContain(password);
     }
     expect([next, current]).not.toContain(killed);
+
+    // irssi prints a disconnect in every window of the server: #lobby and the status window too.
+    for (const [number, window] of [[lobby, "#lobby"], [1, "(status)"]] as const) {
+      await type("alice", `/win ${number}`);
+      const text = await waitForScreen("alice", (text) => currentWindow(text) === window, `alice's ${window} window`);
+      expect(text, `alice's ${window} window`).toContain(`lost server ${killed}`);
+      expect(text, `alice's ${window} window`).toMatch(/failover complete: now on server \d+/);
+    }
+  });
+
+  it("/join of a channel you are in switches to its window; /msg from another window echoes [msg(user)] there", async () => {
+    // Goal: the irssi conventions for /join and /msg. Method: dave creates #den (joined as admin),
+    // goes to the status window and types /join #den; then, from #den, /msg to erin.
+    await Promise.all([startClient("dave"), startClient("erin")]);
+    await Promise.all([registerInUi("dave"), registerInUi("erin")]);
+    await type("dave", "/create #den");
+    await waitForScreen("dave", (text) => currentWindow(text) === "#den", "dave's #den window");
+    await type("dave", "/win 1");
+    await waitForScreen("dave", (text) => currentWindow(text) === "(status)", "the status window");
+    await type("dave", "/join #den");
+    let text = await waitForScreen("dave", (text) => currentWindow(text) === "#den" && text.includes("already in #den"), "/join to switch to #den");
+    expect(text).not.toContain("CHAT_ERR_ALREADY_MEMBER");
+
+    await type("dave", "/msg erin hello-erin-via-msg");
+    text = await waitForScreen("dave", (text) => text.includes("[msg(erin)] hello-erin-via-msg"), "the /msg echo in #den");
+    expect(currentWindow(text)).toBe("#den");
+    await waitForScreen("erin", (text) => text.includes(":@dave(1)"), "the DM's activity at erin");
+    await type("erin", "/query dave");
+    await waitForScreen("erin", (text) => text.includes("<dave> hello-erin-via-msg"), "the DM at erin");
+    await type("dave", "/query erin");
+    await waitForScreen("dave", (text) => currentWindow(text) === "@erin" && text.includes("<dave> hello-erin-via-msg"), "the DM in dave's @erin window");
   });
 
   it("/help lists the commands, Tab completes, PgUp shows older lines with a -- more -- hint, and /quit ends the client", async () => {
@@ -182,5 +226,24 @@ describe("full-screen client in tmux", () => {
     await waitForScreen(name, (text) => !text.includes("-- more --"), "the hint to go away at the bottom");
     await type(name, "/quit");
     await waitForScreen(name, (text) => text.includes("client exited with status 0"), "the client to exit with status 0");
+  });
+
+  it("a message that cannot be sent because every server is down is named, truncated, when it fails (runs last: stops the cluster)", { timeout: 60_000 }, async () => {
+    // Goal: the user learns which text to retype. Method: frank is in #attic, every server is killed,
+    // and once the status bar shows the failover, frank types a long line; after the retry budget the
+    // client must show it (first 57 characters and "...") as not sent.
+    const name = "frank";
+    await startClient(name);
+    await registerInUi(name);
+    await type(name, "/create #attic");
+    await waitForScreen(name, (text) => currentWindow(text) === "#attic", "frank's #attic window");
+    for (const id of cluster.config.machines.map((machine) => machine.id)) if (cluster.isRunning(id)) await cluster.kill(id);
+    await waitForScreen(name, (text) => statusBar(text).includes("[FAILING-OVER]"), "the status bar to show the failover");
+    const long = `unsendable-${"x".repeat(60)}-tail`;
+    await type(name, long);
+    const text = await waitForScreen(name, (text) => text.includes("not sent (no primary answered within 15 s): "), "the not-sent notice", 45_000);
+    expect(text).toContain(`not sent (no primary answered within 15 s): "${long.slice(0, 57)}..."`);
+    expect(text).not.toContain("-tail");
+    expect(text).not.toMatch(/CHAT_ERR_UNAVAILABLE|post #\d+/);
   });
 });

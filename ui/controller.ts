@@ -4,6 +4,7 @@
 // ui/app.tsx only renders its state and forwards keys to it.
 import type { Logger } from "pino";
 import type { ClientConnector, LoginResult, StateChange } from "../connections/connector.js";
+import { retryBudgetMs } from "../connections/consts.js";
 import { ChatError, errorCodes } from "../connections/errors.js";
 import type { ChatEvent, MessageView, UnreadSummary } from "../connections/schema.js";
 import { ChannelName, Username } from "../schema.js";
@@ -44,6 +45,8 @@ export type ControllerOptions = {
   logger: Logger;
   username?: string;
   password?: string;
+  /** The connector's retry budget, named when a message could not be sent (default: the connector's default). */
+  retryBudgetMs?: number;
   /** Called once the controller has closed the connector. */
   onQuit: () => void;
 };
@@ -271,7 +274,10 @@ export class ChatController {
   private async execute(line: string): Promise<void> {
     const parsed = parseInput(line);
     if (parsed.kind === "empty") return;
-    if (parsed.kind === "text") return this.sendText(this.current, parsed.text);
+    if (parsed.kind === "text") {
+      if (this.current.kind === "status") return this.error(this.current.name, "this is the status window: /query <user|#channel> to talk, /help for commands");
+      return this.sendText(this.current.name, parsed.text, this.current);
+    }
     const spec = findCommand(parsed.name);
     if (!spec) return this.error(this.current.name, `unknown command /${parsed.name}; /help lists the commands`);
     const [first, second] = parsed.args;
@@ -296,8 +302,9 @@ export class ChatController {
       case "msg": {
         const text = afterArgs(parsed.rest, 1);
         if (!first || text.trim().length === 0) return this.usage(spec.name);
-        const window = this.ensureWindow(`@${stripPrefix(first, "@")}`);
-        return this.sendText(window, text);
+        const target = `@${stripPrefix(first, "@")}`;
+        if (!validConversation(target)) return this.error(here, `${first} is not a user name`);
+        return this.sendText(target, text, this.current);
       }
       case "query": {
         if (!first) return this.usage(spec.name);
@@ -309,12 +316,17 @@ export class ChatController {
       case "join": {
         if (!first) return this.usage(spec.name);
         const channel = stripPrefix(first, "#");
-        const joined = await this.connector.joinChannel(channel);
+        // Already a member (irssi: /join of a channel you are on): just go to its window.
+        const joined = await this.connector.joinChannel(channel).catch((error: unknown) => {
+          if (error instanceof ChatError && error.code === errorCodes.ALREADY_MEMBER) return null;
+          throw error;
+        });
         this.channels.add(channel);
         const window = this.ensureWindow(`#${channel}`);
-        window.topic = joined.topic || null;
+        if (joined) window.topic = joined.topic || null;
         this.switchTo(this.windows.indexOf(window));
-        this.system(window.name, `you joined ${window.name}${joined.topic ? ` - topic: ${joined.topic}` : ""}`);
+        if (!joined) this.system(window.name, `already in ${window.name}`);
+        else this.system(window.name, `you joined ${window.name}${joined.topic ? ` - topic: ${joined.topic}` : ""}`);
         return;
       }
       case "leave": {
@@ -467,19 +479,35 @@ export class ChatController {
 
   // ---- sending ----------------------------------------------------------------------------------
 
-  private async sendText(window: ChatWindow, text: string): Promise<void> {
-    if (window.kind === "status") return this.error(window.name, "this is the status window: /query <user|#channel> to talk, /help for commands");
-    if (!this.user) return this.error(window.name, "log in first (/login <name> or /register <name>)");
+  /**
+   * Sends `text` to `target` ("#channel" or "@user") and adds it to that conversation's window (opened if
+   * needed). `typedIn` is the window the user typed it in: a failure is shown there, naming the text, and a
+   * /msg typed in another window is echoed there as "[msg(bob)] text", as irssi does.
+   */
+  private async sendText(target: string, text: string, typedIn: ChatWindow): Promise<void> {
+    if (!this.user) return this.error(typedIn.name, "log in first (/login <name> or /register <name>)");
+    let message: MessageView;
     try {
-      const message = window.kind === "channel" ? await this.connector.post(window.name.slice(1), text) : await this.connector.sendDm(window.name.slice(1), text);
-      // The push event for this message may come first or later; addMessage keeps each id once.
-      this.addMessage(window, message);
+      message = target.startsWith("#") ? await this.connector.post(target.slice(1), text) : await this.connector.sendDm(target.slice(1), text);
     } catch (error) {
-      if (error instanceof ChatError && error.code === errorCodes.OUTCOME_UNKNOWN) {
-        return this.error(window.name, `maybe not sent (no answer; it was sent at most once): ${text}`);
-      }
-      throw error;
+      if (!(error instanceof ChatError)) throw error;
+      this.options.logger.info({ code: error.code, message: error.message }, "send failed");
+      return this.error(typedIn.name, this.notSent(error, text));
     }
+    // The push event for this message may come first or later; addMessage keeps each id once.
+    const window = this.ensureWindow(target);
+    this.addMessage(window, message);
+    if (window.name.toLowerCase() !== typedIn.name.toLowerCase()) this.push(typedIn.name, "own", message.body, { to: target.slice(1) });
+  }
+
+  /** What the user sees when a send finally failed: why, and the text to retype (if it needs retyping). */
+  private notSent(error: ChatError, text: string): string {
+    const seconds = Math.round((this.options.retryBudgetMs ?? retryBudgetMs) / 1000);
+    const chars = [...text.replace(/\s+/g, " ").trim()];
+    const quoted = `"${chars.length > 60 ? `${chars.slice(0, 57).join("")}...` : chars.join("")}"`;
+    if (error.code === errorCodes.OUTCOME_UNKNOWN) return `maybe not sent (no answer within ${seconds} s; it was sent at most once, so it may still appear later): ${quoted}`;
+    if (error.code === errorCodes.UNAVAILABLE) return `not sent (no primary answered within ${seconds} s): ${quoted}`;
+    return `not sent (${error.code}: ${error.message}): ${quoted}`;
   }
 
   // ---- session and events -------------------------------------------------------------------------
@@ -536,10 +564,9 @@ export class ChatController {
     this.changed();
   }
 
-  /** A notice for the status window and, if different, the current window. */
+  /** A connection notice goes to every window, as irssi prints a disconnect in every window of that server. */
   private notice(text: string): void {
-    this.system(statusName, text);
-    if (this.current.kind !== "status") this.system(this.current.name, text);
+    for (const window of this.windows) this.push(window.name, "system", text);
   }
 
   private onChatEvent({ event }: ChatEvent): void {
@@ -711,9 +738,9 @@ export class ChatController {
     }
   }
 
-  private push(windowName: string, kind: PaneLine["kind"], text: string): void {
+  private push(windowName: string, kind: PaneLine["kind"], text: string, extra: Pick<PaneLine, "to"> = {}): void {
     const window = this.windows.find((candidate) => candidate.name.toLowerCase() === windowName.toLowerCase()) ?? this.windows[0];
-    window.lines.push({ key: `s${this.nextSequence()}`, ts: Date.now(), kind, text });
+    window.lines.push({ key: `s${this.nextSequence()}`, ts: Date.now(), kind, text, ...extra });
     this.trim(window);
     this.changed();
   }

@@ -13,6 +13,8 @@ export type PaneLine = {
   from?: string;
   text: string;
   messageId?: number;
+  /** An own message echoed outside its conversation's window (irssi's "[msg(bob)] text"). */
+  to?: string;
 };
 
 export type PaneRow = { text: string; kind: LineKind | "more" };
@@ -25,6 +27,7 @@ export function sanitize(text: string): string {
 /** The prefix a line shows before its text, e.g. "12:34 <alice> " or "12:34 -!- ". */
 export function linePrefix(line: PaneLine): string {
   const clock = formatClock(line.ts);
+  if (line.to !== undefined) return `${clock} [msg(${line.to})] `;
   if (line.kind === "message" || line.kind === "own") return `${clock} <${line.from ?? "?"}> `;
   return `${clock} -!- `;
 }
