@@ -49,8 +49,13 @@ export const peerDialBackoffMinMs = 20;
 export const peerDialBackoffMaxMs = 500;
 /** Entries per append or catch-up batch. A backup applies a batch in one synchronous transaction, so it must stay well below freezeDetectMs (~50 µs an entry). */
 export const replicationBatchEntriesMax = 500;
-/** Appended-but-unacknowledged entries a primary keeps in flight per backup (backpressure). */
-export const replicationInflightEntriesMax = 20000;
+/**
+ * Appended-but-unacknowledged entries a primary keeps in flight per backup (backpressure). Also the
+ * most the primary reads and encodes for one follower in one turn, and the most a catching-up
+ * follower receives in one burst: 4 batches keep loopback pipelined while both stay far below
+ * freezeDetectMs (20,000 made a new primary read and encode for ~300 ms and trip its own detector).
+ */
+export const replicationInflightEntriesMax = 4 * replicationBatchEntriesMax;
 /** Recent log entries the primary keeps in memory for replication; older ones are read back from SQLite (catch-up). */
 export const logCacheEntriesMax = 4 * replicationBatchEntriesMax;
 /** Client writes grouped into one SQLite transaction. */
