@@ -7,7 +7,7 @@ import net from "node:net";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { defaultClusterConfig, loadClusterConfig, type ClusterConfig, type Machine } from "./connections/consts.js";
+import { defaultClusterConfig, loadClusterConfig, serverProcessEnv, type ClusterConfig, type Machine } from "./connections/consts.js";
 import { encodeFrame, LineReader } from "./connections/framing.js";
 import type { ServerStatus } from "./connections/schema.js";
 
@@ -66,7 +66,7 @@ class Runner {
     const child = spawn(
       process.execPath,
       ["--import", "tsx", resolve(import.meta.dirname, "server.ts"), "--id", String(id), "--config", this.configPath, "--data", join(this.dataDir, `server-${id}`)],
-      { stdio: ["ignore", "pipe", "pipe"] },
+      { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...serverProcessEnv } },
     );
     server.child = child;
     server.paused = false;

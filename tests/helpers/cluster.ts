@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from "no
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import type { ClusterConfig, Machine } from "../../connections/consts.js";
+import { serverProcessEnv, type ClusterConfig, type Machine } from "../../connections/consts.js";
 import { TestClient } from "./client.js";
 import { LinkProxy } from "../fault/proxy.js";
 
@@ -141,7 +141,7 @@ export class TestCluster {
     const wrap = this.options.wrap?.(id) ?? [];
     const command = wrap.length > 0 ? wrap[0] : process.execPath;
     const fullArgs = wrap.length > 0 ? [...wrap.slice(1), process.execPath, ...args] : args;
-    const child = execa(command, fullArgs, { cwd: repoRoot, reject: false, stdio: ["ignore", "ignore", "pipe"], env: this.options.env, cleanup: true });
+    const child = execa(command, fullArgs, { cwd: repoRoot, reject: false, stdio: ["ignore", "ignore", "pipe"], env: { ...serverProcessEnv, ...this.options.env }, cleanup: true });
     this.processes.set(id, child);
     child.then(() => this.processes.get(id) === child && this.processes.delete(id));
     const machine = this.machine(id);
