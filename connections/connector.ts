@@ -22,7 +22,6 @@ import pino, { type Logger } from "pino";
 import { z } from "zod";
 import { backoffDelayMs, monotonicMs } from "../utils.js";
 import {
-  frameBytesMax,
   pageSizeMax,
   pingIntervalMs,
   pingTimeoutMs,
@@ -32,6 +31,7 @@ import {
   retryBackoffMaxMs,
   retryBackoffMinMs,
   retryBudgetMs,
+  serverFrameBytesMax,
   type ClusterConfig,
   type Machine,
 } from "./consts.js";
@@ -264,9 +264,9 @@ class FrameConnection {
     private readonly logger: Logger,
   ) {
     socket.setNoDelay(true);
-    const reader = new LineReader(frameBytesMax, {
+    const reader = new LineReader(serverFrameBytesMax, {
       onFrame: (line) => this.onLine(line),
-      onOversize: () => this.close("server sent a frame larger than frameBytesMax"),
+      onOversize: () => this.close(`server sent a frame larger than ${serverFrameBytesMax} bytes`),
     });
     socket.on("data", (data) => reader.push(data));
     socket.on("error", (error) => this.close(`socket error: ${error.message}`));

@@ -8,6 +8,13 @@ export const protocolVersion = 1;
 // ---- framing -------------------------------------------------------------
 /** Largest client frame (one JSON line, newline excluded). Larger frames get CHAT_ERR_FRAME_TOO_LARGE and the connection closes. */
 export const frameBytesMax = 64 * 1024;
+/**
+ * Largest server -> client frame a client accepts. Server frames are not bounded by frameBytesMax:
+ * a history or events_since page of 500 long messages is megabytes (500 x 4,000 code points, JSON
+ * escaped). Readers that used frameBytesMax here dropped the link on every resume of a big backlog
+ * and never caught up (found by the soak: a connector stuck failing over, its pushes lost).
+ */
+export const serverFrameBytesMax = 32 * 1024 * 1024;
 /** Largest peer frame; a replication batch or a catch-up chunk must fit. */
 export const peerFrameBytesMax = 32 * 1024 * 1024;
 

@@ -248,6 +248,39 @@ describe("ClientConnector with a real 3-server cluster", () => {
       for (const proxy of proxies) proxy.close();
     }
   });
+
+  it("a resume whose events_since page is larger than 64 KiB is delivered whole", async () => {
+    // Goal: server frames are not bounded by the client frame limit (docs/protocol.md §1.2). A
+    // connector that read them with frameBytesMax dropped the link on every resume of a big backlog
+    // and never caught up (found by the soak). Method: keep the watcher away as above while the
+    // talker posts 100 messages of 2,000 characters (over 200 KB in one events_since page), then let
+    // it back: it must get all of them, once each, and a history page of all 100 as well.
+    const running = await startCluster();
+    const proxies = await Promise.all(running.config.machines.map((machine) => Proxy.start(machine.host, machine.clientPort)));
+    const proxied = { ...running.config, machines: running.config.machines.map((machine, i) => ({ ...machine, clientPort: proxies[i].port })) };
+    const watcher = new ClientConnector(proxied, { logger: pino({ level: "debug" }, pino.destination({ dest: join(running.dir, "connector-watcher.log"), sync: true })) });
+    connectors.push(watcher);
+    try {
+      const talker = newConnector(running, "talker");
+      await Promise.all([watcher.connect(), talker.connect()]);
+      await watcher.register("watcher", password);
+      await talker.register("talker", password);
+      const seen: string[] = [];
+      watcher.on("event", (event) => event.event.kind === "message" && seen.push(event.event.message.body));
+      for (const proxy of proxies) proxy.refuseNew = true;
+      await running.kill(await running.waitForPrimary());
+      const bodies = Array.from({ length: 100 }, (_, i) => `${String(i).padStart(3, "0")} ${"x".repeat(1996)}`);
+      for (const body of bodies) await talker.post("general", body);
+      for (const proxy of proxies) proxy.refuseNew = false;
+      await waitUntil(() => seen.length >= bodies.length, 20000, "the 100 missed posts");
+      await sleep(200);
+      expect(seen).toEqual(bodies);
+      const page = await watcher.history("#general", { limit: 100 });
+      expect(page.map((message) => message.body)).toEqual(bodies);
+    } finally {
+      for (const proxy of proxies) proxy.close();
+    }
+  });
 });
 
 /** A TCP forwarder that can refuse new connections, to keep one client away from the cluster. */
