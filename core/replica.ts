@@ -438,7 +438,12 @@ export class Replica {
     const member = config.members.includes(this.id);
     // Eligible once we hold, while running continuously, a config written by the live primary that names us.
     // ...and only once that config entry is committed: an uncommitted one may vanish with its primary.
-    if (member && this.freshConfigSeen && config.epoch === this.promised && config.primary === this.primaryId && this.commitIndex >= config.index) {
+    // ...and only while the primary's own status names that same config: a server whose log is
+    // behind may hold a config that named it, while the primary has since removed it (sim seed
+    // 5010163: a removed, lagging backup became eligible, then took over alone and lost entries).
+    const primaryStatus = this.primaryId !== null ? this.peers.get(this.primaryId)?.status : undefined;
+    const primaryHasThisConfig = primaryStatus !== undefined && primaryStatus.configEpoch === config.epoch && primaryStatus.configIndex === config.index;
+    if (member && primaryHasThisConfig && this.freshConfigSeen && config.epoch === this.promised && config.primary === this.primaryId && this.commitIndex >= config.index) {
       if (!this.eligible) this.contactBaseline = this.lastNow;
       this.eligible = true;
       if (this.role === "recovering") this.setRole(actions, "backup", false, `joined epoch ${config.epoch}`);
