@@ -293,7 +293,7 @@ export class ClientService {
     // logged in), but only for someone who knows that account's password.
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
     if (previous) {
-      const user = previous.op === "register" ? this.queries.userByName(String(previous.data.username)) : undefined;
+      const user = previous.command.op === "register" ? this.queries.userByName(String(previous.data.username)) : undefined;
       if (!user || user.name.toLowerCase() !== request.username.toLowerCase() || !(await verifyPassword(request.password, user.salt, user.hash))) {
         throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password for this retried request");
       }

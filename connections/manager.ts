@@ -5,7 +5,7 @@
 import type { Logger } from "pino";
 import { Replica, type Action, type LogView } from "../core/replica.js";
 import type { PeerMessage } from "../core/messages.js";
-import { actorOf, type Command, type ConfigCommand, type Effect, type LogEntry } from "../store/commands.js";
+import { sameRequest, type Command, type ConfigCommand, type Effect, type LogEntry } from "../store/commands.js";
 import type { Store } from "../store/store.js";
 import { monotonicMs } from "../utils.js";
 import {
@@ -197,7 +197,7 @@ export class ConnectionManager {
     if (!this.canAcceptWrites()) return Promise.resolve(this.notPrimary());
     if (clientId !== null && requestId !== null) {
       const previous = this.store.dedupLookup(clientId, requestId);
-      if (previous && (previous.op !== command.op || previous.actor !== actorOf(command))) {
+      if (previous && !sameRequest(previous.command, command)) {
         return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} was already used by this client for a different request` });
       }
       if (previous) {
@@ -205,7 +205,7 @@ export class ConnectionManager {
         return new Promise((resolve) => this.waitingDedup.push({ index: previous.logIndex, data: previous.data, resolve }));
       }
       const queued = this.queuedByKey.get(`${clientId}\u0000${requestId}`);
-      if (queued && (queued.command.op !== command.op || actorOf(queued.command) !== actorOf(command))) {
+      if (queued && !sameRequest(queued.command, command)) {
         return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} is in use by this client for a different request` });
       }
       if (queued) {

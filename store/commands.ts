@@ -48,6 +48,11 @@ export type ApplyOk = { ok: true; data: Record<string, unknown>; effects: Effect
 export type ApplyError = { ok: false; code: string; message: string };
 export type ApplyResult = ApplyOk | ApplyError;
 
+/** A retry must ask the same thing as its first attempt: the same operation, for the same user. Other fields are not compared. */
+export function sameRequest(first: Command, retry: Command): boolean {
+  return first.op === retry.op && actorOf(first) === actorOf(retry);
+}
+
 /** The user a command acts for, or null (register). A retried request must act for the same user. */
 export function actorOf(command: Command): number | null {
   if ("actor" in command) return command.actor;

@@ -5,13 +5,13 @@ import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
-import { actorOf, type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
+import { type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
 import { logTablesSql, schemaVersion, stateTableNames, stateTablesSql } from "./tables.js";
 
 export type Durability = "full" | "normal";
 
-/** A stored answer to (clientId, requestId): the entry that carried it, what was asked, for whom, and the response. */
-export type DedupRecord = { logIndex: number; command: Command; op: string; actor: number | null; data: Record<string, unknown> };
+/** A stored answer to (clientId, requestId): the entry that carried it, its command, and the response. */
+export type DedupRecord = { logIndex: number; command: Command; data: Record<string, unknown> };
 
 /** Result of applying one proposed command on the primary. */
 export type Proposal = { entry: LogEntry; result: ApplyResult };
@@ -213,8 +213,7 @@ export class Store {
     const row = this.statements.dedupGet.get(clientId, requestId) as { idx: number; body: string; response: string | null } | undefined;
     if (!row) return undefined;
     assert(row.response !== null, `log entry ${row.idx} with a request id holds its response`);
-    const command = JSON.parse(row.body) as Command;
-    return { logIndex: row.idx, command, op: command.op, actor: actorOf(command), data: JSON.parse(row.response) };
+    return { logIndex: row.idx, command: JSON.parse(row.body) as Command, data: JSON.parse(row.response) };
   }
 
   // ---- recovery --------------------------------------------------------------

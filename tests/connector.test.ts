@@ -14,9 +14,11 @@ const password = "password123";
 
 let cluster: TestCluster | undefined;
 const connectors: ClientConnector[] = [];
+const proxies: Proxy[] = [];
 
 afterEach(async () => {
   for (const connector of connectors.splice(0)) connector.close();
+  for (const proxy of proxies.splice(0)) proxy.close();
   await cluster?.destroy();
   cluster = undefined;
 });
@@ -33,6 +35,23 @@ function newConnector(running: TestCluster, name: string, options: ConstructorPa
   const connector = new ClientConnector(loadClusterConfig(running.configPath), { logger, ...options });
   connectors.push(connector);
   return connector;
+}
+
+/**
+ * A 3-server cluster, a "talker" connected directly and a "watcher" that reaches the servers only
+ * through TCP proxies (so a test can keep it away), both registered.
+ */
+async function watcherBehindProxies(): Promise<{ running: TestCluster; watcher: ClientConnector; talker: ClientConnector }> {
+  const running = await startCluster();
+  proxies.push(...(await Promise.all(running.config.machines.map((machine) => Proxy.start(machine.host, machine.clientPort)))));
+  const proxied = { ...running.config, machines: running.config.machines.map((machine, i) => ({ ...machine, clientPort: proxies[i].port })) };
+  const watcher = new ClientConnector(proxied, { logger: pino({ level: "debug" }, pino.destination({ dest: join(running.dir, "connector-watcher.log"), sync: true })) });
+  connectors.push(watcher);
+  const talker = newConnector(running, "talker");
+  await Promise.all([watcher.connect(), talker.connect()]);
+  await watcher.register("watcher", password);
+  await talker.register("talker", password);
+  return { running, watcher, talker };
 }
 
 async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -218,35 +237,23 @@ describe("ClientConnector with a real 3-server cluster", () => {
     // proxies refuse new connections, so the watcher cannot reconnect; a second client posts; then
     // the proxies open again. The watcher must get that post (from events_since) exactly once and
     // still be able to do logged-in requests.
-    const running = await startCluster();
-    const proxies = await Promise.all(running.config.machines.map((machine) => Proxy.start(machine.host, machine.clientPort)));
-    const proxied = { ...running.config, machines: running.config.machines.map((machine, i) => ({ ...machine, clientPort: proxies[i].port })) };
-    const watcher = new ClientConnector(proxied, { logger: pino({ level: "debug" }, pino.destination({ dest: join(running.dir, "connector-watcher.log"), sync: true })) });
-    connectors.push(watcher);
-    try {
-      const talker = newConnector(running, "talker");
-      await Promise.all([watcher.connect(), talker.connect()]);
-      await watcher.register("watcher", password);
-      await talker.register("talker", password);
-      const seen: ChatEvent[] = [];
-      watcher.on("event", (event) => seen.push(event));
-      const sessionEvents: unknown[] = [];
-      watcher.on("session", (session) => sessionEvents.push(session));
-      for (const proxy of proxies) proxy.refuseNew = true;
-      await running.kill(await running.waitForPrimary());
-      await talker.post("general", "while you were away");
-      expect(watcher.state).toBe("failing-over");
-      for (const proxy of proxies) proxy.refuseNew = false;
-      await waitUntil(() => seen.some((event) => event.event.kind === "message" && event.event.message.body === "while you were away"), 15000, "the missed post");
-      expect(watcher.session).toEqual({ username: "watcher" });
-      expect(sessionEvents).toEqual([]);
-      const dm = await watcher.sendDm("talker", "still logged in");
-      expect(dm.from).toBe("watcher");
-      await sleep(300);
-      expect(seen.filter((event) => event.event.kind === "message" && event.event.message.body === "while you were away")).toHaveLength(1);
-    } finally {
-      for (const proxy of proxies) proxy.close();
-    }
+    const { running, watcher, talker } = await watcherBehindProxies();
+    const seen: ChatEvent[] = [];
+    watcher.on("event", (event) => seen.push(event));
+    const sessionEvents: unknown[] = [];
+    watcher.on("session", (session) => sessionEvents.push(session));
+    for (const proxy of proxies) proxy.refuseNew = true;
+    await running.kill(await running.waitForPrimary());
+    await talker.post("general", "while you were away");
+    expect(watcher.state).toBe("failing-over");
+    for (const proxy of proxies) proxy.refuseNew = false;
+    await waitUntil(() => seen.some((event) => event.event.kind === "message" && event.event.message.body === "while you were away"), 15000, "the missed post");
+    expect(watcher.session).toEqual({ username: "watcher" });
+    expect(sessionEvents).toEqual([]);
+    const dm = await watcher.sendDm("talker", "still logged in");
+    expect(dm.from).toBe("watcher");
+    await sleep(300);
+    expect(seen.filter((event) => event.event.kind === "message" && event.event.message.body === "while you were away")).toHaveLength(1);
   });
 
   it("a resume whose events_since page is larger than 64 KiB is delivered whole", async () => {
@@ -255,31 +262,19 @@ describe("ClientConnector with a real 3-server cluster", () => {
     // and never caught up (found by the soak). Method: keep the watcher away as above while the
     // talker posts 100 messages of 2,000 characters (over 200 KB in one events_since page), then let
     // it back: it must get all of them, once each, and a history page of all 100 as well.
-    const running = await startCluster();
-    const proxies = await Promise.all(running.config.machines.map((machine) => Proxy.start(machine.host, machine.clientPort)));
-    const proxied = { ...running.config, machines: running.config.machines.map((machine, i) => ({ ...machine, clientPort: proxies[i].port })) };
-    const watcher = new ClientConnector(proxied, { logger: pino({ level: "debug" }, pino.destination({ dest: join(running.dir, "connector-watcher.log"), sync: true })) });
-    connectors.push(watcher);
-    try {
-      const talker = newConnector(running, "talker");
-      await Promise.all([watcher.connect(), talker.connect()]);
-      await watcher.register("watcher", password);
-      await talker.register("talker", password);
-      const seen: string[] = [];
-      watcher.on("event", (event) => event.event.kind === "message" && seen.push(event.event.message.body));
-      for (const proxy of proxies) proxy.refuseNew = true;
-      await running.kill(await running.waitForPrimary());
-      const bodies = Array.from({ length: 100 }, (_, i) => `${String(i).padStart(3, "0")} ${"x".repeat(1996)}`);
-      for (const body of bodies) await talker.post("general", body);
-      for (const proxy of proxies) proxy.refuseNew = false;
-      await waitUntil(() => seen.length >= bodies.length, 20000, "the 100 missed posts");
-      await sleep(200);
-      expect(seen).toEqual(bodies);
-      const page = await watcher.history("#general", { limit: 100 });
-      expect(page.map((message) => message.body)).toEqual(bodies);
-    } finally {
-      for (const proxy of proxies) proxy.close();
-    }
+    const { running, watcher, talker } = await watcherBehindProxies();
+    const seen: string[] = [];
+    watcher.on("event", (event) => event.event.kind === "message" && seen.push(event.event.message.body));
+    for (const proxy of proxies) proxy.refuseNew = true;
+    await running.kill(await running.waitForPrimary());
+    const bodies = Array.from({ length: 100 }, (_, i) => `${String(i).padStart(3, "0")} ${"x".repeat(1996)}`);
+    for (const body of bodies) await talker.post("general", body);
+    for (const proxy of proxies) proxy.refuseNew = false;
+    await waitUntil(() => seen.length >= bodies.length, 20000, "the 100 missed posts");
+    await sleep(200);
+    expect(seen).toEqual(bodies);
+    const page = await watcher.history("#general", { limit: 100 });
+    expect(page.map((message) => message.body)).toEqual(bodies);
   });
 });
 
