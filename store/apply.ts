@@ -58,6 +58,10 @@ export class StateMachine {
       undeliveredCount: s("SELECT count(*) AS n FROM messages WHERE recipient_id = ? AND delivered = 0 AND deleted_seq IS NULL"),
       markDelivered: s("UPDATE messages SET delivered = 1 WHERE id = ?"),
       deleteUndeliveredTo: s("DELETE FROM messages WHERE recipient_id = ? AND delivered = 0"),
+      undeliveredSenders: s("SELECT DISTINCT sender_id FROM messages WHERE recipient_id = ? AND delivered = 0"),
+      anyDm: s("SELECT 1 FROM messages WHERE dm_key = ? LIMIT 1"),
+      insertPartner: s("INSERT OR IGNORE INTO dm_partners (user_id, other_id) VALUES (?, ?)"),
+      deletePartners: s("DELETE FROM dm_partners WHERE (user_id = ? AND other_id = ?) OR (user_id = ? AND other_id = ?)"),
       marker: s("SELECT message_id FROM read_markers WHERE user_id = ? AND conv_key = ?"),
       upsertMarker: s(
         "INSERT INTO read_markers (user_id, conv_key, message_id) VALUES (?, ?, ?) ON CONFLICT (user_id, conv_key) DO UPDATE SET message_id = excluded.message_id",
@@ -147,7 +151,12 @@ export class StateMachine {
       effects.push(...this.removeMember(index, channel, actor));
     }
     this.statements.deleteUserSessions.run(actor);
+    // Undelivered DMs to a deleted account go; a sender left with no message to or from it loses the conversation.
+    const senders = (this.statements.undeliveredSenders.all(actor) as Row[]).map((row) => row.sender_id as number);
     this.statements.deleteUndeliveredTo.run(actor);
+    for (const sender of senders) {
+      if (!this.statements.anyDm.get(dmKey(sender, actor))) this.statements.deletePartners.run(sender, actor, actor, sender);
+    }
     this.statements.deleteUserMarkers.run(actor);
     this.statements.markUserDeleted.run(actor);
     return ok({ username: user.name }, effects);
@@ -164,6 +173,8 @@ export class StateMachine {
     // A DM to yourself is "delivered" by definition: you wrote it.
     const delivered = command.delivered || sender.id === recipient.id ? 1 : 0;
     this.statements.insertMessage.run(index, null, key, sender.id, recipient.id, command.body, command.ts, delivered);
+    this.statements.insertPartner.run(sender.id, recipient.id);
+    if (recipient.id !== sender.id) this.statements.insertPartner.run(recipient.id, sender.id);
     const message: MessageView = { id: index, conversation: `@${recipient.name}`, from: sender.name, to: recipient.name, body: command.body, ts: command.ts };
     // Each side sees the conversation named after the other side, as in history and events_since.
     const effects: Effect[] = [{ audience: { users: [sender.id] }, event: { kind: "message", message } }];

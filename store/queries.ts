@@ -41,9 +41,7 @@ export class Queries {
       channelUnread: s(`
         SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
         WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
-      dmPartners: s(`
-        SELECT DISTINCT CASE WHEN sender_id = ? THEN recipient_id ELSE sender_id END AS other
-        FROM messages WHERE (sender_id = ? OR recipient_id = ?) AND dm_key IS NOT NULL ORDER BY other`),
+      dmPartners: s("SELECT other_id AS other FROM dm_partners WHERE user_id = ? ORDER BY other_id"),
       dmUnread: s(`
         SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
         WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
@@ -135,7 +133,7 @@ export class Queries {
       const row = this.statements.channelUnread.get(channel.id, marker, userId) as Row;
       conversations.push({ conversation: `#${channel.name}`, unread: row.unread, lastMessageId: row.last });
     }
-    for (const partner of this.statements.dmPartners.all(userId, userId, userId) as Row[]) {
+    for (const partner of this.statements.dmPartners.all(userId) as Row[]) {
       const name = this.userName(partner.other);
       if (name === undefined) continue;
       const marker = (this.statements.marker.get(userId, `d:${partner.other}`) as Row | undefined)?.message_id ?? 0;

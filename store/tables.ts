@@ -3,7 +3,7 @@
 // `response` column is replicated state too: apply computes it, so every server writes the same one.
 
 /** Bumped when the file format changes; a server refuses a data directory of another version. */
-export const schemaVersion = 2;
+export const schemaVersion = 3;
 
 export const logTablesSql = `
 CREATE TABLE IF NOT EXISTS log (
@@ -32,6 +32,7 @@ export const stateTableNames = [
   "messages",
   "read_markers",
   "notices",
+  "dm_partners",
 ] as const;
 
 export const stateTablesSql = `
@@ -93,5 +94,13 @@ CREATE TABLE IF NOT EXISTS notices (
   ord         INTEGER NOT NULL,         -- order among the events of one entry
   body        TEXT    NOT NULL,
   PRIMARY KEY (user_id, seq, ord)
+) WITHOUT ROWID;
+-- Who has a direct-message conversation with whom (both directions; a DM to yourself is one row):
+-- exactly the pairs some messages row links. Lets auth and login list a user's conversations without
+-- scanning every message.
+CREATE TABLE IF NOT EXISTS dm_partners (
+  user_id     INTEGER NOT NULL,
+  other_id    INTEGER NOT NULL,
+  PRIMARY KEY (user_id, other_id)
 ) WITHOUT ROWID;
 `;

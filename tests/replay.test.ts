@@ -41,7 +41,7 @@ type User = { name: string; client: TestClient; token: string; sent: number[] };
 let runs = 0;
 
 /** The scripted part: every kind of write, including failures, retries and an account deletion. */
-async function scriptedWorkload(): Promise<{ users: User[]; channels: string[]; retriedId: number }> {
+async function scriptedWorkload(): Promise<{ users: User[]; channels: string[]; retriedId: number; fay: string }> {
   runs += 1;
   // Fresh names per run: a run is repeated if the server steps down during it (see serverTest).
   const [a, b] = [`replay-a${runs}`, `replay-b${runs}`];
@@ -91,13 +91,20 @@ async function scriptedWorkload(): Promise<{ users: User[]; channels: string[]; 
   ann.client.sendRaw(`${JSON.stringify(retried)}\n${JSON.stringify(retried)}\n`);
   await ann.client.request("ping");
 
+  // Fay's only DM to ann is still undelivered when ann deletes her account: it goes, and so does
+  // fay's conversation with ann (dm_partners must follow the messages table exactly).
+  const fay = uniqueName("fay");
+  const { client: fayClient } = await server.register(fay);
+  await ann.client.ok("logout");
+  await fayClient.ok("send_dm", { to: ann.name, body: "you will not read this" });
+
   // Ann deletes her account: her channel passes to ben, her name is re-registered by someone new.
   const { client: annAgain } = await server.login(ann.name);
   await annAgain.ok("delete_account", { password: defaultPassword });
   const { client: newAnn, token } = await server.register(ann.name);
   users[0] = { name: ann.name, client: newAnn, token, sent: [] };
   await dm(users[0], ben, "I am the new ann");
-  return { users, channels: [a, `replay-c${runs}`, `replay-d${runs}`], retriedId };
+  return { users, channels: [a, `replay-c${runs}`, `replay-d${runs}`], retriedId, fay };
 }
 
 /** The seeded part: random requests among the users; whatever fails, fails without a trace. */
@@ -131,7 +138,7 @@ async function randomWorkload(users: User[], ownChannels: string[], random: () =
 describe("replaying the log", () => {
   it("rebuilds exactly the state a live server built, and does so deterministically", async () => {
     try {
-      const { users, channels, retriedId } = await scriptedWorkload();
+      const { users, channels, retriedId, fay } = await scriptedWorkload();
       await randomWorkload(users, channels, seededRandom(seed));
       const committed = await server.commitIndex();
       await server.cluster.signal(1, "SIGTERM");
@@ -146,6 +153,16 @@ describe("replaying the log", () => {
       const retried = original.entries(1, original.lastIndex).filter((entry) => entry.requestId === retriedId);
       expect(retried).toHaveLength(1);
       expect(stateDigestOf(original.db)).toBe(original.stateDigest());
+      // dm_partners holds exactly the pairs the messages table links, in both directions.
+      const pairs = (sql: string) => original.db.prepare(sql).all().map((row) => JSON.stringify(row));
+      const partners = pairs("SELECT user_id AS a, other_id AS b FROM dm_partners ORDER BY a, b");
+      expect(partners).toEqual(
+        pairs(`SELECT sender_id AS a, recipient_id AS b FROM messages WHERE dm_key IS NOT NULL
+               UNION SELECT recipient_id, sender_id FROM messages WHERE dm_key IS NOT NULL ORDER BY a, b`),
+      );
+      expect(partners.length).toBeGreaterThan(5);
+      const fayId = (original.db.prepare("SELECT id FROM users WHERE name = ?").get(fay) as { id: number }).id;
+      expect(original.db.prepare("SELECT count(*) AS n FROM dm_partners WHERE user_id = ?").get(fayId)).toEqual({ n: 0 });
 
       const first = open(join(scratch, `first-${runs}.db`));
       replayInto(first, original.entries(1, original.lastIndex));
