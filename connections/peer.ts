@@ -11,8 +11,8 @@ import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, type Mac
 import { encodeFrame, LineReader } from "./framing.js";
 import { backoffDelayMs } from "../utils.js";
 
-/** Probes after a link drop, spaced this far apart, at most this many. */
-const probeIntervalMs = 50;
+/** Probes after a link drop, spaced this far apart, at most this many (together under peerTimeoutMs). */
+const probeIntervalMs = 25;
 const probeAttemptsMax = 10;
 
 const Handshake = z.discriminatedUnion("t", [
@@ -199,8 +199,9 @@ export class PeerLinks {
   }
 
   /**
-   * After a link drops, knock on the peer's port: a refused connection proves its process is gone
-   * (a crash), while an accepted one means the link merely dropped and will be dialed again.
+   * After a link drops, knock on the peer's port until the link is back: a refused connection proves
+   * its process is gone (a crash). An accepted one proves nothing yet: a process being killed closes
+   * its links before its listening socket, so the first knock after the drop can still be accepted.
    */
   private probe(peer: number, attempt: number): void {
     const machine = this.machines.find((candidate) => candidate.id === peer);
@@ -210,6 +211,7 @@ export class PeerLinks {
     socket.once("connect", () => {
       clearTimeout(timer);
       socket.destroy();
+      setTimeout(() => this.probe(peer, attempt + 1), probeIntervalMs);
     });
     socket.once("error", (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
