@@ -28,6 +28,13 @@ export const channelNameLengthMax = 32;
 export const topicLengthMax = 200;
 export const pageSizeDefault = 50;
 export const pageSizeMax = 500;
+/**
+ * Unread counts stop at this many per conversation ("1000" reads "1000 or more"): counting is a scan
+ * of the unread messages, and auth, login and register all return the summary. Uncapped, 16 clients
+ * re-authenticating after a failover, each with thousands unread, blocked a new primary's loop past
+ * its own freeze detector (docs/performance.md).
+ */
+export const unreadCountMax = 1000;
 export const defaultChannels: readonly string[] = ["general", "random"];
 /** scrypt cost; 2^14 is the Node default and OWASP's floor for scrypt. */
 export const scryptCost = 16384;

@@ -2,6 +2,7 @@
 import type Database from "better-sqlite3";
 import type { ChannelView, ChatEvent, EventBody, MessageView, UnreadSummary } from "../connections/schema.js";
 import { wildcardToGlob, type ConversationRef } from "../schema.js";
+import { unreadCountMax } from "../connections/consts.js";
 import { dmKey } from "./apply.js";
 
 type Row = Record<string, any>;
@@ -38,13 +39,21 @@ export class Queries {
       dmHistoryBefore: s("SELECT * FROM messages WHERE dm_key = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?"),
       dmHistoryAfter: s("SELECT * FROM messages WHERE dm_key = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
       userChannels: s("SELECT c.id, c.name FROM memberships m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY c.name"),
+      // Capped counts (unreadCountMax) and the newest unread id, each read off the conversation's index
+      // without visiting more than the cap: both stop early.
       channelUnread: s(`
-        SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
-        WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
+        SELECT count(*) AS unread FROM (SELECT 1 FROM messages
+        WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL LIMIT ?)`),
+      channelLastUnread: s(`
+        SELECT id FROM messages WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL
+        ORDER BY id DESC LIMIT 1`),
       dmPartners: s("SELECT other_id AS other FROM dm_partners WHERE user_id = ? ORDER BY other_id"),
       dmUnread: s(`
-        SELECT count(*) AS unread, coalesce(max(id), 0) AS last FROM messages
-        WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`),
+        SELECT count(*) AS unread FROM (SELECT 1 FROM messages
+        WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL LIMIT ?)`),
+      dmLastUnread: s(`
+        SELECT id FROM messages WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL
+        ORDER BY id DESC LIMIT 1`),
       marker: s("SELECT message_id FROM read_markers WHERE user_id = ? AND conv_key = ?"),
       undeliveredCount: s("SELECT count(*) AS n FROM messages WHERE recipient_id = ? AND delivered = 0 AND deleted_seq IS NULL"),
       eventsDm: s(`
@@ -130,15 +139,18 @@ export class Queries {
     const conversations: UnreadSummary["conversations"] = [];
     for (const channel of this.statements.userChannels.all(userId) as Row[]) {
       const marker = (this.statements.marker.get(userId, `c:${channel.id}`) as Row | undefined)?.message_id ?? 0;
-      const row = this.statements.channelUnread.get(channel.id, marker, userId) as Row;
-      conversations.push({ conversation: `#${channel.name}`, unread: row.unread, lastMessageId: row.last });
+      const count = (this.statements.channelUnread.get(channel.id, marker, userId, unreadCountMax) as Row).unread as number;
+      const last = count === 0 ? 0 : ((this.statements.channelLastUnread.get(channel.id, marker, userId) as Row).id as number);
+      conversations.push({ conversation: `#${channel.name}`, unread: count, lastMessageId: last });
     }
     for (const partner of this.statements.dmPartners.all(userId) as Row[]) {
       const name = this.userName(partner.other);
       if (name === undefined) continue;
       const marker = (this.statements.marker.get(userId, `d:${partner.other}`) as Row | undefined)?.message_id ?? 0;
-      const row = this.statements.dmUnread.get(dmKey(userId, partner.other), marker, userId) as Row;
-      conversations.push({ conversation: `@${name}`, unread: row.unread, lastMessageId: row.last });
+      const key = dmKey(userId, partner.other);
+      const count = (this.statements.dmUnread.get(key, marker, userId, unreadCountMax) as Row).unread as number;
+      const last = count === 0 ? 0 : ((this.statements.dmLastUnread.get(key, marker, userId) as Row).id as number);
+      conversations.push({ conversation: `@${name}`, unread: count, lastMessageId: last });
     }
     const undelivered = (this.statements.undeliveredCount.get(userId) as Row).n as number;
     return { conversations, undelivered };

@@ -1,6 +1,7 @@
 // Direct messages, read markers, exactly-once retries and resuming with events_since, against one
 // real server process over TCP with a real SQLite file.
 import { afterAll, beforeAll, describe, expect } from "vitest";
+import { unreadCountMax } from "../connections/consts.js";
 import type { TestClient, Frame } from "./helpers/client.js";
 import { ChatServer, serverTest, errorOf, framesWithId, historyIds, newClientId, sendFrame, uniqueChannel, uniqueName, waitForPush, waitUntil } from "./chat-support.js";
 
@@ -212,6 +213,30 @@ describe("read markers", () => {
     // The sender's view is separate: alice has one unread DM (bob's) and one unread post.
     const aliceView = await a.ok("unread");
     expect([unreadOf(aliceView, `@${bob}`)?.unread, unreadOf(aliceView, `#${channel}`)?.unread]).toEqual([1, 1]);
+  });
+
+  it("unread counts stop at unreadCountMax; lastMessageId still names the newest unread message", async () => {
+    const alice = uniqueName("capA");
+    const bob = uniqueName("capB");
+    const { client: a } = await server.register(alice);
+    const { client: b } = await server.register(bob);
+    const channel = uniqueChannel("capc");
+    await a.ok("create_channel", { channel });
+    await b.ok("join_channel", { channel });
+    const ids: number[] = [];
+    // Pipelined in slices: each post is its own request, answered in order of commit.
+    for (let start = 0; start < unreadCountMax + 5; start += 250) {
+      const slice = Array.from({ length: Math.min(250, unreadCountMax + 5 - start) }, (_, i) => a.ok("post", { channel, body: `p${start + i}` }));
+      for (const data of await Promise.all(slice)) ids.push((data.message as Message).id);
+    }
+    await sendDm(a, bob, "one dm");
+    const summary = await b.ok("unread");
+    expect(unreadOf(summary, `#${channel}`)).toEqual({ conversation: `#${channel}`, unread: unreadCountMax, lastMessageId: Math.max(...ids) });
+    expect(unreadOf(summary, `@${alice}`)?.unread).toBe(1);
+    // Below the cap the count is exact again.
+    ids.sort((x, y) => x - y);
+    await b.ok("mark_read", { conversation: `#${channel}`, messageId: ids[ids.length - 4] });
+    expect(unreadOf(await b.ok("unread"), `#${channel}`)).toEqual({ conversation: `#${channel}`, unread: 3, lastMessageId: ids[ids.length - 1] });
   });
 
   it("mark_read on something that is not the user's conversation is refused with its code and changes nothing", async () => {
