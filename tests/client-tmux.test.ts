@@ -179,17 +179,19 @@ describe("full-screen client in tmux", () => {
   });
 
   it("/join of a channel you are in switches to its window; /msg from another window echoes [msg(user)] there", async () => {
-    // Goal: the irssi conventions for /join and /msg. Method: dave creates #den (joined as admin),
-    // goes to the status window and types /join #den; then, from #den, /msg to erin.
+    // Goal: the irssi conventions for /join and /msg. Method: dave creates #den (joined as admin)
+    // with a topic, closes its window and types /join #den, which reopens it with its topic; then,
+    // from #den, /msg to erin.
     await Promise.all([startClient("dave"), startClient("erin")]);
     await Promise.all([registerInUi("dave"), registerInUi("erin")]);
-    await type("dave", "/create #den");
-    await waitForScreen("dave", (text) => currentWindow(text) === "#den", "dave's #den window");
-    await type("dave", "/win 1");
-    await waitForScreen("dave", (text) => currentWindow(text) === "(status)", "the status window");
+    await type("dave", "/create #den den-topic");
+    await waitForScreen("dave", (text) => currentWindow(text) === "#den" && text.includes("#den - den-topic"), "dave's #den window");
+    await type("dave", "/close");
+    await waitForScreen("dave", (text) => currentWindow(text) !== "#den", "#den's window to close");
     await type("dave", "/join #den");
     let text = await waitForScreen("dave", (text) => currentWindow(text) === "#den" && text.includes("already in #den"), "/join to switch to #den");
     expect(text).not.toContain("CHAT_ERR_ALREADY_MEMBER");
+    await waitForScreen("dave", (text) => text.includes("#den - den-topic"), "the reopened #den window's topic");
 
     await type("dave", "/msg erin hello-erin-via-msg");
     text = await waitForScreen("dave", (text) => text.includes("[msg(erin)] hello-erin-via-msg"), "the /msg echo in #den");

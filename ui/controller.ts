@@ -4,7 +4,7 @@
 // ui/app.tsx only renders its state and forwards keys to it.
 import type { Logger } from "pino";
 import type { ClientConnector, LoginResult, StateChange } from "../connections/connector.js";
-import { retryBudgetMs } from "../connections/consts.js";
+import { retryBudgetMs, unreadCountMax } from "../connections/consts.js";
 import { ChatError, errorCodes } from "../connections/errors.js";
 import type { ChatEvent, MessageView, UnreadSummary } from "../connections/schema.js";
 import { ChannelName, Username } from "../schema.js";
@@ -150,7 +150,8 @@ export class ChatController {
     const activity = this.windows
       .map((window, index) => ({ window, index }))
       .filter(({ window, index }) => index !== this.currentIndex && window.unread > 0)
-      .map(({ window, index }) => `${index + 1}:${window.name}(${window.unread})`);
+      // The server's counts stop at unreadCountMax, so anything from there on reads "1000+".
+      .map(({ window, index }) => `${index + 1}:${window.name}(${window.unread >= unreadCountMax ? `${unreadCountMax}+` : window.unread})`);
     const parts = [`[${clock}]`, `[${user}]`, `[${this.currentIndex + 1}:${this.current.name}]`, `[${server}]`, `[${state}]`];
     if (activity.length > 0) parts.push(`[Act: ${activity.join(" ")}]`);
     return parts.join(" ");
@@ -324,6 +325,11 @@ export class ChatController {
         this.channels.add(channel);
         const window = this.ensureWindow(`#${channel}`);
         if (joined) window.topic = joined.topic || null;
+        else {
+          // A window closed and reopened this way starts blank: fetch the topic its title shows.
+          const found = (await this.connector.listChannels(channel, undefined, 1)).channels.find((item) => item.name === channel);
+          window.topic = found?.topic || null;
+        }
         this.switchTo(this.windows.indexOf(window));
         if (!joined) this.system(window.name, `already in ${window.name}`);
         else this.system(window.name, `you joined ${window.name}${joined.topic ? ` - topic: ${joined.topic}` : ""}`);
