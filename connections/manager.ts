@@ -293,16 +293,19 @@ export class ConnectionManager {
           this.links.send(action.to, action.message as PeerMessage);
           break;
         case "persist": {
+          this.store.noteCommitted(this.core.committed);
           this.store.appendEntries(action.entries);
           this.log.remember(action.entries);
           this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
           break;
         }
-        case "truncate":
-          this.logger.warn({ afterIndex: action.afterIndex, lastIndex: this.store.lastIndex }, "truncating unacknowledged log suffix");
+        case "truncate": {
+          const lastIndex = this.store.lastIndex;
           this.log.forget();
-          this.store.truncateAfter(action.afterIndex);
+          const how = this.store.truncateAfter(action.afterIndex);
+          this.logger.warn({ afterIndex: action.afterIndex, lastIndex, how }, "truncated unacknowledged log suffix");
           break;
+        }
         case "promise":
           this.store.putMeta("promised_epoch", String(action.epoch));
           break;
@@ -310,6 +313,7 @@ export class ConnectionManager {
           this.proposeConfig(action.config, action.reason);
           break;
         case "commit":
+          this.store.noteCommitted(action.index);
           this.onCommit(action.index);
           break;
         case "role":

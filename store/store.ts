@@ -7,6 +7,10 @@ import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
 import { type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
 import { logTablesSql, schemaVersion, stateTableNames, stateTablesSql } from "./tables.js";
+import { UndoJournal } from "./undo.js";
+
+/** Entries the undo journal keeps at most (far above the in-flight bound); beyond it truncation replays. */
+const undoEntriesMax = 20_000;
 
 export type Durability = "full" | "normal";
 
@@ -24,6 +28,9 @@ export class Store {
   /** The newest config entry and whether a bootstrap entry exists, kept in memory: asked on every tick. */
   private newestConfig: { index: number; epoch: number; config: ConfigCommand } | undefined;
   private bootstrapped = false;
+  private readonly undo: UndoJournal;
+  /** The highest index this server knows is committed: its undo records can go. */
+  private committedHint = 0;
 
   constructor(path: string, durability: Durability = "full") {
     this.db = new Database(path);
@@ -57,6 +64,7 @@ export class Store {
     };
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
+    this.undo = new UndoJournal(this.db, stateTableNames, this.last.index, undoEntriesMax);
     this.loadLogSummary();
   }
 
@@ -112,11 +120,13 @@ export class Store {
   ): Proposal[] {
     const proposals: Proposal[] = [];
     const run = this.db.transaction(() => {
+      this.undo.prune(this.committedHint, this.last.index);
       let next = this.last.index + 1;
       for (const item of commands) {
         this.statements.savepoint.run();
         const entry: LogEntry = { index: next, epoch, clientId: item.clientId, requestId: item.requestId, command: item.command };
-        const result = this.machine.apply(next, item.command);
+        const index = next;
+        const result = this.undo.record(index, () => this.machine.apply(index, item.command));
         if (!result.ok) {
           this.statements.rollbackTo.run();
           this.statements.release.run();
@@ -140,8 +150,9 @@ export class Store {
   appendEntries(entries: LogEntry[]): Effect[][] {
     const effects: Effect[][] = [];
     const run = this.db.transaction(() => {
+      this.undo.prune(this.committedHint, this.last.index);
       for (const entry of entries) {
-        const result = this.machine.apply(entry.index, entry.command);
+        const result = this.undo.record(entry.index, () => this.machine.apply(entry.index, entry.command));
         // The primary applied this exact command at this exact state; anything else is divergence.
         assert(result.ok, `entry ${entry.index} (${entry.command.op}) failed on replay: ${!result.ok && result.message}`);
         this.writeEntry(entry, result);
@@ -218,13 +229,41 @@ export class Store {
 
   // ---- recovery --------------------------------------------------------------
 
+  /** Entries up to `index` are committed: they are never truncated, so their undo records can go. */
+  noteCommitted(index: number): void {
+    this.committedHint = Math.max(this.committedHint, index);
+  }
+
   /**
-   * Drops every entry after `index` and rebuilds the state tables by replaying the log up to it.
-   * Only a recovering server does this, for entries that were never acknowledged.
+   * Drops every entry after `index` and puts the state tables back as they were after it. Only a
+   * recovering server does this, for entries that were never acknowledged. Usually the undo journal
+   * holds those entries' changes and they are reversed; after a restart (or beyond the journal's
+   * bound) the state is rebuilt by replaying the kept log from entry 1.
    */
-  truncateAfter(index: number): void {
+  truncateAfter(index: number): "undo" | "replay" {
     assert(index >= 0 && index <= this.last.index, `truncate point ${index} within log`);
-    if (index === this.last.index) return;
+    if (index === this.last.index) return "undo";
+    if (!this.undo.covers(index)) {
+      this.replayUpTo(index);
+      return "replay";
+    }
+    const before = this.last;
+    try {
+      this.db.transaction(() => {
+        this.undo.undoAfter(index);
+        this.statements.deleteAfter.run(index);
+      }).immediate();
+    } catch (error) {
+      this.last = before;
+      this.loadLogSummary();
+      throw error;
+    }
+    this.last = { index, epoch: index === 0 ? 0 : this.epochAt(index) };
+    this.loadLogSummary();
+    return "undo";
+  }
+
+  private replayUpTo(index: number): void {
     const kept = this.entries(1, index);
     this.db.transaction(() => {
       for (const table of stateTableNames) this.db.exec(`DELETE FROM ${table}`);
@@ -238,6 +277,7 @@ export class Store {
         this.writeEntry(entry, result);
       }
     }).immediate();
+    this.undo.reset(index);
     this.loadLogSummary();
   }
 

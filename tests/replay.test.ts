@@ -175,6 +175,32 @@ describe("replaying the log", () => {
       expect(second.stateDigest()).toBe(first.stateDigest());
       expect(second.logDigest()).toBe(first.logDigest());
 
+      // Truncation reverses a suffix through the undo journal: the state and log are exactly what a
+      // replay of the kept prefix builds, and the dropped suffix applies again on top. After a reopen
+      // the journal is empty, and truncation falls back to the replay, with the same result.
+      const all = original.entries(1, original.lastIndex);
+      const undone = open(join(scratch, `undone-${runs}.db`));
+      replayInto(undone, all);
+      for (const keep of [all.length - 1, all.length - 60, Math.floor(all.length / 2), 0]) {
+        const reference = open(join(scratch, `prefix-${runs}-${keep}.db`));
+        replayInto(reference, all.slice(0, keep));
+        expect(undone.truncateAfter(keep), `truncating after ${keep}`).toBe("undo");
+        expect(undone.lastIndex).toBe(keep);
+        expect(undone.stateDigest(), `state after truncating to ${keep}`).toBe(reference.stateDigest());
+        expect(undone.logDigest()).toBe(reference.logDigest());
+        replayInto(undone, all.slice(keep));
+        expect(undone.stateDigest(), `state after re-applying ${keep + 1}..${all.length}`).toBe(first.stateDigest());
+      }
+      const undonePath = undone.db.name;
+      undone.close();
+      const reopened = open(undonePath);
+      const keep = all.length - 60;
+      expect(reopened.truncateAfter(keep)).toBe("replay");
+      const prefix = open(join(scratch, `prefix-${runs}-${keep}-again.db`));
+      replayInto(prefix, all.slice(0, keep));
+      expect(reopened.stateDigest()).toBe(prefix.stateDigest());
+      expect(reopened.logDigest()).toBe(prefix.logDigest());
+
       // The digest is not blind: one changed row changes it.
       second.db.prepare("UPDATE channels SET topic = topic || '.' WHERE name = 'general'").run();
       expect(second.stateDigest()).not.toBe(first.stateDigest());
