@@ -25,7 +25,10 @@ export class StateMachine {
   constructor(private readonly db: Database.Database) {
     const s = (sql: string) => db.prepare(sql);
     this.statements = {
-      userByKey: s("SELECT * FROM users WHERE name_key = ? AND deleted = 0"),
+      // Only what apply uses: salt and hash would be copied into JavaScript on every post and DM.
+      userByKey: s("SELECT id, name FROM users WHERE name_key = ? AND deleted = 0"),
+      liveUserById: s("SELECT id, name FROM users WHERE id = ? AND deleted = 0"),
+      channelName: s("SELECT name FROM channels WHERE id = ?"),
       userById: s("SELECT * FROM users WHERE id = ?"),
       // A DM partner: the live account of that name, else the newest deleted one (so its DMs can still be marked read).
       dmPartnerByKey: s("SELECT * FROM users WHERE name_key = ? ORDER BY deleted, id DESC LIMIT 1"),
@@ -308,12 +311,11 @@ export class StateMachine {
   }
 
   private liveUser(id: number): Row | undefined {
-    const user = this.statements.userById.get(id) as Row | undefined;
-    return user && user.deleted === 0 ? user : undefined;
+    return this.statements.liveUserById.get(id) as Row | undefined;
   }
 
   private channelName(id: number): string {
-    return (this.db.prepare("SELECT name FROM channels WHERE id = ?").get(id) as Row).name;
+    return (this.statements.channelName.get(id) as Row).name;
   }
 
   private dmView(row: Row, viewer: number): MessageView {

@@ -306,6 +306,8 @@ describe("exactly-once retries (clientId + request id)", () => {
     await retry.ok("auth", { token: registered.token });
     const again = await retry.request("send_dm", { to: bob, body: "exactly once" }, 10000, 77);
     expect(again).toEqual(original);
+    // Byte for byte, key order included: the log stores the body once, in the command.
+    expect(JSON.stringify(again.data)).toBe(JSON.stringify(original.data));
     expect(await historyIds(retry, `@${bob}`)).toEqual([original.data!.message.id]);
   });
 
