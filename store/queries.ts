@@ -39,21 +39,9 @@ export class Queries {
       dmHistoryBefore: s("SELECT * FROM messages WHERE dm_key = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?"),
       dmHistoryAfter: s("SELECT * FROM messages WHERE dm_key = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
       userChannels: s("SELECT c.id, c.name FROM memberships m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY c.name"),
-      // Capped counts (unreadCountMax) and the newest unread id, each read off the conversation's index
-      // without visiting more than the cap: both stop early.
-      channelUnread: s(`
-        SELECT count(*) AS unread FROM (SELECT 1 FROM messages
-        WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL LIMIT ?)`),
-      channelLastUnread: s(`
-        SELECT id FROM messages WHERE channel_id = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL
-        ORDER BY id DESC LIMIT 1`),
+      channelUnread: unreadStatements(db, "channel_id"),
       dmPartners: s("SELECT other_id AS other FROM dm_partners WHERE user_id = ? ORDER BY other_id"),
-      dmUnread: s(`
-        SELECT count(*) AS unread FROM (SELECT 1 FROM messages
-        WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL LIMIT ?)`),
-      dmLastUnread: s(`
-        SELECT id FROM messages WHERE dm_key = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL
-        ORDER BY id DESC LIMIT 1`),
+      dmUnread: unreadStatements(db, "dm_key"),
       marker: s("SELECT message_id FROM read_markers WHERE user_id = ? AND conv_key = ?"),
       undeliveredCount: s("SELECT count(*) AS n FROM messages WHERE recipient_id = ? AND delivered = 0 AND deleted_seq IS NULL"),
       eventsDm: s(`
@@ -139,18 +127,13 @@ export class Queries {
     const conversations: UnreadSummary["conversations"] = [];
     for (const channel of this.statements.userChannels.all(userId) as Row[]) {
       const marker = (this.statements.marker.get(userId, `c:${channel.id}`) as Row | undefined)?.message_id ?? 0;
-      const count = (this.statements.channelUnread.get(channel.id, marker, userId, unreadCountMax) as Row).unread as number;
-      const last = count === 0 ? 0 : ((this.statements.channelLastUnread.get(channel.id, marker, userId) as Row).id as number);
-      conversations.push({ conversation: `#${channel.name}`, unread: count, lastMessageId: last });
+      conversations.push({ conversation: `#${channel.name}`, ...countUnread(this.statements.channelUnread, channel.id, marker, userId) });
     }
     for (const partner of this.statements.dmPartners.all(userId) as Row[]) {
       const name = this.userName(partner.other);
       if (name === undefined) continue;
       const marker = (this.statements.marker.get(userId, `d:${partner.other}`) as Row | undefined)?.message_id ?? 0;
-      const key = dmKey(userId, partner.other);
-      const count = (this.statements.dmUnread.get(key, marker, userId, unreadCountMax) as Row).unread as number;
-      const last = count === 0 ? 0 : ((this.statements.dmLastUnread.get(key, marker, userId) as Row).id as number);
-      conversations.push({ conversation: `@${name}`, unread: count, lastMessageId: last });
+      conversations.push({ conversation: `@${name}`, ...countUnread(this.statements.dmUnread, dmKey(userId, partner.other), marker, userId) });
     }
     const undelivered = (this.statements.undeliveredCount.get(userId) as Row).n as number;
     return { conversations, undelivered };
@@ -204,4 +187,22 @@ export class Queries {
     if (row.recipient_id !== null) view.to = this.userName(row.recipient_id) ?? "?";
     return view;
   }
+}
+
+/**
+ * Unread messages of one conversation (keyed by `column`): a count capped at unreadCountMax and the
+ * newest unread id, each read off the conversation's index without visiting more than the cap.
+ */
+function unreadStatements(db: Database.Database, column: "channel_id" | "dm_key") {
+  const unread = `${column} = ? AND id > ? AND sender_id != ? AND deleted_seq IS NULL`;
+  return {
+    count: db.prepare(`SELECT count(*) AS unread FROM (SELECT 1 FROM messages WHERE ${unread} LIMIT ?)`),
+    newest: db.prepare(`SELECT id FROM messages WHERE ${unread} ORDER BY id DESC LIMIT 1`),
+  };
+}
+
+function countUnread(statements: ReturnType<typeof unreadStatements>, key: number | string, marker: number, userId: number): { unread: number; lastMessageId: number } {
+  const unread = (statements.count.get(key, marker, userId, unreadCountMax) as Row).unread as number;
+  const lastMessageId = unread === 0 ? 0 : ((statements.newest.get(key, marker, userId) as Row).id as number);
+  return { unread, lastMessageId };
 }
