@@ -63,7 +63,8 @@ export class StateMachine {
       deleteUndeliveredTo: s("DELETE FROM messages WHERE recipient_id = ? AND delivered = 0"),
       undeliveredSenders: s("SELECT DISTINCT sender_id FROM messages WHERE recipient_id = ? AND delivered = 0"),
       anyDm: s("SELECT 1 FROM messages WHERE dm_key = ? LIMIT 1"),
-      insertPartner: s("INSERT OR IGNORE INTO dm_partners (user_id, other_id) VALUES (?, ?)"),
+      // Both directions in one statement; for a DM to yourself the second row is the first again.
+      insertPartners: s("INSERT OR IGNORE INTO dm_partners (user_id, other_id) VALUES (?, ?), (?, ?)"),
       deletePartners: s("DELETE FROM dm_partners WHERE (user_id = ? AND other_id = ?) OR (user_id = ? AND other_id = ?)"),
       marker: s("SELECT message_id FROM read_markers WHERE user_id = ? AND conv_key = ?"),
       upsertMarker: s(
@@ -176,8 +177,7 @@ export class StateMachine {
     // A DM to yourself is "delivered" by definition: you wrote it.
     const delivered = command.delivered || sender.id === recipient.id ? 1 : 0;
     this.statements.insertMessage.run(index, null, key, sender.id, recipient.id, command.body, command.ts, delivered);
-    this.statements.insertPartner.run(sender.id, recipient.id);
-    if (recipient.id !== sender.id) this.statements.insertPartner.run(recipient.id, sender.id);
+    this.statements.insertPartners.run(sender.id, recipient.id, recipient.id, sender.id);
     const message: MessageView = { id: index, conversation: `@${recipient.name}`, from: sender.name, to: recipient.name, body: command.body, ts: command.ts };
     // Each side sees the conversation named after the other side, as in history and events_since.
     const effects: Effect[] = [{ audience: { users: [sender.id] }, event: { kind: "message", message } }];
