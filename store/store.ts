@@ -248,18 +248,13 @@ export class Store {
       this.replayUpTo(index);
       return "replay";
     }
-    const before = this.last;
-    try {
+    this.runWriting(
       this.db.transaction(() => {
         this.undo.undoAfter(index);
         this.statements.deleteAfter.run(index);
-      }).immediate();
-    } catch (error) {
-      this.last = before;
-      this.loadLogSummary();
-      throw error;
-    }
-    this.last = { index, epoch: index === 0 ? 0 : this.epochAt(index) };
+      }),
+    );
+    this.last = { index, epoch: this.epochAt(index) };
     this.loadLogSummary();
     return "undo";
   }

@@ -67,17 +67,12 @@ export class UndoJournal {
   }
 
   /** Reverses every journaled change of the entries after `index`, newest first. Inside a transaction. */
-  undoAfter(index: number): number {
+  undoAfter(index: number): void {
     assert(this.covers(index), `undo journal covers entries after ${index}`);
     assert(this.current === null, "no entry is being applied while undoing");
-    let statements = 0;
     // Read first, then run: better-sqlite3 allows no other statement while one is iterating.
-    for (const row of this.statements.after.all(index) as { sql: string }[]) {
-      this.db.exec(row.sql);
-      statements += 1;
-    }
+    for (const row of this.statements.after.all(index) as { sql: string }[]) this.db.exec(row.sql);
     this.statements.dropAfter.run(index);
-    return statements;
   }
 
   /** After a full rebuild: nothing before `lastIndex` can be undone. */
@@ -92,7 +87,8 @@ export class UndoJournal {
     for (const column of columns) assert(!/REAL|FLOA|DOUB/i.test(column.type), `${table}.${column.name} is not floating point`);
     const keys = columns.filter((column) => column.pk > 0).sort((a, b) => a.pk - b.pk);
     assert(keys.length > 0, `${table} has a primary key`);
-    const where = (row: "new" | "old") => keys.map((key) => `'${key.name} = ' || quote(${row}.${key.name})`).join(" || ' AND ' || ");
+    // The row as it is after the change: an update restores every column, keys included, by it.
+    const where = keys.map((key) => `'${key.name} = ' || quote(new.${key.name})`).join(" || ' AND ' || ");
     const names = columns.map((column) => column.name).join(", ");
     const values = columns.map((column) => `quote(old.${column.name})`).join(" || ', ' || ");
     const assignments = columns.map((column) => `'${column.name} = ' || quote(old.${column.name})`).join(" || ', ' || ");
@@ -100,10 +96,10 @@ export class UndoJournal {
     const when = "WHEN chatplus_undo_entry() IS NOT NULL";
     this.db.exec(`
       CREATE TEMP TRIGGER IF NOT EXISTS undo_${table}_insert AFTER INSERT ON main.${table} ${when} BEGIN
-        ${journal(`'DELETE FROM main.${table} WHERE ' || ${where("new")}`)}
+        ${journal(`'DELETE FROM main.${table} WHERE ' || ${where}`)}
       END;
       CREATE TEMP TRIGGER IF NOT EXISTS undo_${table}_update AFTER UPDATE ON main.${table} ${when} BEGIN
-        ${journal(`'UPDATE main.${table} SET ' || ${assignments} || ' WHERE ' || ${where("new")}`)}
+        ${journal(`'UPDATE main.${table} SET ' || ${assignments} || ' WHERE ' || ${where}`)}
       END;
       CREATE TEMP TRIGGER IF NOT EXISTS undo_${table}_delete AFTER DELETE ON main.${table} ${when} BEGIN
         ${journal(`'INSERT INTO main.${table} (${names}) VALUES (' || ${values} || ')'`)}

@@ -327,8 +327,7 @@ export class ChatController {
         if (joined) window.topic = joined.topic || null;
         else {
           // A window closed and reopened this way starts blank: fetch the topic its title shows.
-          const found = (await this.connector.listChannels(channel, undefined, 1)).channels.find((item) => item.name === channel);
-          window.topic = found?.topic || null;
+          window.topic = (await this.findChannel(channel))?.topic || null;
         }
         this.switchTo(this.windows.indexOf(window));
         if (!joined) this.system(window.name, `already in ${window.name}`);
@@ -394,6 +393,11 @@ export class ChatController {
     }
   }
 
+  /** One channel's listing (topic, flags), or undefined if there is no such channel. */
+  private async findChannel(name: string) {
+    return (await this.connector.listChannels(name, undefined, 1)).channels.find((item) => item.name === name);
+  }
+
   private async commandRegister(username: string | undefined): Promise<void> {
     if (!username) return this.usage("register");
     const secret = await this.ask(`New password for ${username}:`, true);
@@ -440,7 +444,7 @@ export class ChatController {
     }
     if (!channel) return this.usage("topic");
     if (text.length === 0) {
-      const found = (await this.connector.listChannels(channel, undefined, 1)).channels.find((item) => item.name === channel);
+      const found = await this.findChannel(channel);
       if (!found) return this.error(this.current.name, `no channel #${channel}`);
       this.system(this.current.name, `topic of #${channel}: ${found.topic || "(none)"}`);
       return;
