@@ -471,6 +471,12 @@ export type CatchUpResult = {
   /** From the process accepting client connections to the primary adding it to the in-sync set. */
   listeningToInSyncMs: number;
   spawnToListeningMs: number;
+  /**
+   * From joining the in-sync set to having applied every entry it logged during the catch-up (its
+   * "applied the logged entries" line); null if it did not log that line. Until then, a takeover by
+   * this server waits for the rest to be applied.
+   */
+  inSyncToAppliedMs: number | null;
   /** How the in-sync moment was observed. */
   detectedBy: string;
   /** `members` of the primary's ping right after, as confirmation. */
@@ -509,6 +515,16 @@ async function waitForConfigWith(cluster: TestCluster, id: number, sinceWallMs: 
       const found = logLines(cluster, server, sinceWallMs, "proposing config").find((line) => line.members?.includes(id));
       if (found) return { ...found, server };
     }
+    await sleep(catchUpPollMs);
+  }
+  return undefined;
+}
+
+async function waitForLogLine(cluster: TestCluster, id: number, sinceWallMs: number, msg: string, timeoutMs: number): Promise<LogLine | undefined> {
+  const deadline = performance.now() + timeoutMs;
+  while (performance.now() < deadline) {
+    const found = logLines(cluster, id, sinceWallMs, msg)[0];
+    if (found) return found;
     await sleep(catchUpPollMs);
   }
   return undefined;
@@ -560,6 +576,7 @@ export async function runCatchUp(
   if (!config) throw new Error(`server ${downServer} did not rejoin the in-sync set within ${catchUpTimeoutMs} ms`);
   const inSyncAt = spawnAt + (config.time - spawnWallMs);
   const confirmed = await pingOnce(cluster.machine(config.server), 10000);
+  const applied = await waitForLogLine(cluster, downServer, spawnWallMs, "applied the logged entries", catchUpTimeoutMs);
   const result: CatchUpResult = {
     downServer,
     primaryBefore: primary,
@@ -570,12 +587,14 @@ export async function runCatchUp(
     spawnToInSyncMs: inSyncAt - spawnAt,
     listeningToInSyncMs: inSyncAt - listeningAt,
     spawnToListeningMs: listeningAt - spawnAt,
+    inSyncToAppliedMs: applied ? applied.time - config.time : null,
     detectedBy: `the "proposing config" log line of primary ${config.server} listing server ${downServer} (pino timestamp)`,
     confirmedMembers: confirmed?.members ?? null,
   };
   progress(
     `catch-up: server ${downServer} back in the in-sync set ${result.listeningToInSyncMs.toFixed(0)} ms after it was listening ` +
-      `(${result.spawnToInSyncMs.toFixed(0)} ms after spawn); primary's ping now lists members ${JSON.stringify(result.confirmedMembers)}`,
+      `(${result.spawnToInSyncMs.toFixed(0)} ms after spawn); primary's ping now lists members ${JSON.stringify(result.confirmedMembers)}; ` +
+      `it applied the last logged entry ${result.inSyncToAppliedMs ?? "?"} ms after joining`,
   );
   return result;
 }

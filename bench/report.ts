@@ -324,11 +324,17 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
           ["process spawned", "accepting client connections (node + tsx startup, store open)", ms(c.spawnToListeningMs)],
           ["accepting client connections", "primary adds it to the in-sync set", ms(c.listeningToInSyncMs)],
           ["process spawned", "in the in-sync set", ms(c.spawnToInSyncMs)],
+          ["in the in-sync set", "every entry it logged in the catch-up applied to its state tables", c.inSyncToAppliedMs === null ? "not seen" : ms(c.inSyncToAppliedMs)],
         ],
       ),
     );
     out.push("");
     out.push(`Catch-up rate: ${thousands(c.entriesBehind / (c.listeningToInSyncMs / 1000))} entries/s.`);
+    out.push("");
+    out.push(
+      "A catching-up server logs the entries the primary has already committed and applies them afterwards (docs/architecture.md §7.1): " +
+        "the in-sync set needs the log, and the state follows. Until the last row above, a takeover by this server would wait for the rest to be applied.",
+    );
     out.push("");
     out.push("Write rate while the backlog was written (two servers in sync):");
     out.push("");

@@ -76,6 +76,12 @@ export const replicationBatchEntriesMax = 500;
  * freezeDetectMs (20,000 made a new primary read and encode for ~300 ms and trip its own detector).
  */
 export const replicationInflightEntriesMax = 4 * replicationBatchEntriesMax;
+/**
+ * A backup catching up logs the entries the primary has already committed and applies them once none
+ * have arrived for this long. Logging is about a third of the work of applying, and the log is what
+ * the in-sync set needs, so it is back in the set about twice as soon (docs/architecture.md §7.1).
+ */
+export const catchUpQuietMs = 20;
 /** Recent log entries the primary keeps in memory for replication; older ones are read back from SQLite (catch-up). */
 export const logCacheEntriesMax = 4 * replicationBatchEntriesMax;
 /** Client writes grouped into one SQLite transaction. */

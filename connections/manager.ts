@@ -9,6 +9,7 @@ import { sameRequest, type Command, type ConfigCommand, type Effect, type LogEnt
 import type { Store } from "../store/store.js";
 import { monotonicMs } from "../utils.js";
 import {
+  catchUpQuietMs,
   defaultChannels,
   freezeDetectMs,
   groupCommitRequestsMax,
@@ -109,6 +110,14 @@ export class ConnectionManager {
   private readonly waitingDedup: { index: number; data: Record<string, unknown>; resolve: (outcome: WriteOutcome) => void }[] = [];
   private stopped = false;
   private wasServing = false;
+  /** A chunk of logged-but-unapplied entries is scheduled to be applied. */
+  private applyScheduled = false;
+  /** When the last catch-up batch was logged: applying waits while they keep coming. */
+  private lastCatchUpAt = -Infinity;
+  /** When the first entry that still waits was logged (for the log line). */
+  private backlogStartedAt: number | null = null;
+  /** Proposals (a takeover's config, the bootstrap) made while the state was behind the log. */
+  private deferredProposals: { epoch: number; batch: QueuedWrite[] }[] = [];
 
   constructor(
     readonly self: Machine,
@@ -155,6 +164,8 @@ export class ConnectionManager {
       this.releaseReads();
     }, tickIntervalMs);
     this.execute(this.core.tick(monotonicMs()));
+    // A server stopped while entries waited to be applied applies them now.
+    this.scheduleApply();
   }
 
   stop(): void {
@@ -172,6 +183,7 @@ export class ConnectionManager {
       primaryId: this.core.knownPrimary(),
       commitIndex: this.core.committed,
       lastIndex: this.store.lastIndex,
+      appliedIndex: this.store.appliedIndex,
       members: this.core.status().members,
     };
   }
@@ -267,6 +279,17 @@ export class ConnectionManager {
   }
 
   private propose(batch: QueuedWrite[]): void {
+    if (this.store.pendingApply > 0) {
+      // Only a server that just took over can be here (a serving primary has applied everything):
+      // its config entry waits until the state it will be checked against is complete. The core asks
+      // again every tick until it sees the entry, and only its newest config is worth proposing.
+      const isConfig = (queued: QueuedWrite[]) => queued.length === 1 && queued[0].command.op === "config";
+      if (this.deferredProposals.length === 0) this.logger.info({ pendingApply: this.store.pendingApply }, "proposal waits for the logged entries to be applied");
+      if (isConfig(batch)) this.deferredProposals = this.deferredProposals.filter((deferred) => !isConfig(deferred.batch));
+      this.deferredProposals.push({ epoch: this.core.epoch, batch });
+      this.scheduleApply();
+      return;
+    }
     const proposals = this.store.proposeBatch(
       this.core.epoch,
       batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command })),
@@ -294,9 +317,14 @@ export class ConnectionManager {
           break;
         case "persist": {
           this.store.noteCommitted(this.core.committed);
-          this.store.appendEntries(action.entries);
+          // Entries the primary has already committed (a catch-up) are logged now and applied once
+          // the catch-up is over: the log is what the in-sync set needs, and it takes a third of the work.
+          const deferApply = action.entries.length > 0 && action.entries[action.entries.length - 1].index <= this.core.committed;
+          if (deferApply) this.lastCatchUpAt = monotonicMs();
+          this.store.appendEntries(action.entries, { deferApply });
           this.log.remember(action.entries);
           this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
+          this.scheduleApply();
           break;
         }
         case "truncate": {
@@ -304,6 +332,7 @@ export class ConnectionManager {
           this.log.forget();
           const how = this.store.truncateAfter(action.afterIndex);
           this.logger.warn({ afterIndex: action.afterIndex, lastIndex, how }, "truncated unacknowledged log suffix");
+          this.scheduleApply();
           break;
         }
         case "promise":
@@ -329,6 +358,43 @@ export class ConnectionManager {
           this.loseClients(`frozen for ${action.gapMs} ms`);
           break;
       }
+    }
+  }
+
+  // ---- applying logged entries ---------------------------------------------
+
+  /** Applies logged entries a chunk per turn of the event loop, after the catch-up batches stop coming. */
+  private scheduleApply(): void {
+    if (this.applyScheduled || this.stopped || (this.store.pendingApply === 0 && this.deferredProposals.length === 0)) return;
+    this.applyScheduled = true;
+    this.backlogStartedAt ??= monotonicMs();
+    const quietFor = monotonicMs() - this.lastCatchUpAt;
+    if (quietFor < catchUpQuietMs && this.deferredProposals.length === 0) setTimeout(() => this.applySome(), catchUpQuietMs - quietFor);
+    else setImmediate(() => this.applySome());
+  }
+
+  private applySome(): void {
+    this.applyScheduled = false;
+    if (this.stopped) return;
+    if (monotonicMs() - this.lastCatchUpAt < catchUpQuietMs && this.deferredProposals.length === 0) {
+      this.scheduleApply();
+      return;
+    }
+    const pending = this.store.pendingApply;
+    const remaining = this.store.applyPending(replicationBatchEntriesMax);
+    if (remaining > 0) {
+      this.scheduleApply();
+      return;
+    }
+    if (pending > 0) {
+      this.logger.info({ appliedIndex: this.store.appliedIndex, sinceFirstLoggedMs: Math.round(monotonicMs() - (this.backlogStartedAt ?? monotonicMs())) }, "applied the logged entries");
+    }
+    this.backlogStartedAt = null;
+    const deferred = this.deferredProposals.splice(0);
+    for (const { epoch, batch } of deferred) {
+      // A proposal of an epoch this server no longer leads is dropped: its writes changed nothing.
+      if (this.core.currentRole === "primary" && this.core.epoch === epoch) this.propose(batch);
+      else for (const item of batch) item.resolve(this.notPrimary());
     }
   }
 

@@ -194,6 +194,8 @@ export const ServerStatus = z.object({
   commitIndex: z.number().int(),
   /** Last entry in this server's log. */
   lastIndex: z.number().int(),
+  /** Last entry its state tables reflect: below lastIndex while a backup applies entries it logged in a catch-up. */
+  appliedIndex: z.number().int(),
   /** The in-sync set of the newest config this server holds. */
   members: z.array(z.number().int()),
 });

@@ -1,16 +1,21 @@
 // The durable log and the state it produces, in one SQLite file.
-// An entry is written to `log` and applied to the state tables in the same transaction, so a crash
-// leaves either both or neither.
+// An entry is normally written to `log` and applied to the state tables in the same transaction, so
+// a crash leaves either both or neither. A backup catching up on entries the primary has already
+// committed logs them first and applies them afterwards (appendEntries with deferApply): it is back in
+// the in-sync set once its log holds them. The `applied_index` meta row, written in the same
+// transactions, says how far the state tables go whenever they are behind the log.
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
-import { type ApplyResult, type Command, type ConfigCommand, type Effect, type LogEntry } from "./commands.js";
+import { type ApplyResult, type Command, type ConfigCommand, type LogEntry } from "./commands.js";
 import { logTablesSql, schemaVersion, stateTableNames, stateTablesSql } from "./tables.js";
 import { UndoJournal } from "./undo.js";
 
 /** Entries the undo journal keeps at most (far above the in-flight bound); beyond it truncation replays. */
 const undoEntriesMax = 20_000;
+/** Meta key present only while the state tables are behind the log: the last entry they reflect. */
+const appliedIndexKey = "applied_index";
 
 export type Durability = "full" | "normal";
 
@@ -25,6 +30,8 @@ export class Store {
   readonly machine: StateMachine;
   private readonly statements;
   private last: { index: number; epoch: number };
+  /** The last entry the state tables reflect; below `last` only while logged entries wait to be applied. */
+  private applied: number;
   /** The newest config entry and whether a bootstrap entry exists, kept in memory: asked on every tick. */
   private newestConfig: { index: number; epoch: number; config: ConfigCommand } | undefined;
   private bootstrapped = false;
@@ -61,9 +68,14 @@ export class Store {
       rollbackTo: s("ROLLBACK TO command"),
       metaGet: s("SELECT value FROM meta WHERE key = ?"),
       metaPut: s("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+      metaDelete: s("DELETE FROM meta WHERE key = ?"),
+      setResponse: s("UPDATE log SET response = ? WHERE idx = ?"),
     };
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
+    const applied = this.getMeta(appliedIndexKey);
+    this.applied = applied === undefined ? this.last.index : Number(applied);
+    assert(Number.isSafeInteger(this.applied) && this.applied >= 0 && this.applied <= this.last.index, `applied index ${applied} within the log`);
     this.undo = new UndoJournal(this.db, stateTableNames, this.last.index, undoEntriesMax);
     this.loadLogSummary();
   }
@@ -100,6 +112,14 @@ export class Store {
   get lastEpoch(): number {
     return this.last.epoch;
   }
+  /** The last entry the state tables reflect (lastIndex unless logged entries wait to be applied). */
+  get appliedIndex(): number {
+    return this.applied;
+  }
+  /** Logged entries not applied yet. */
+  get pendingApply(): number {
+    return this.last.index - this.applied;
+  }
 
   close(): void {
     if (this.db.open) this.db.close();
@@ -118,6 +138,8 @@ export class Store {
     commands: { clientId: string | null; requestId: number | null; command: Command }[],
     beforeCommit: (entries: LogEntry[]) => void = () => {},
   ): Proposal[] {
+    // A proposal is checked and applied against the state, so the state must reflect the whole log.
+    assert(this.pendingApply === 0, `every logged entry is applied before proposing (${this.pendingApply} are not)`);
     const proposals: Proposal[] = [];
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
@@ -146,41 +168,87 @@ export class Store {
 
   // ---- backup path -------------------------------------------------------------
 
-  /** Appends entries received from the primary and applies them, in one transaction. */
-  appendEntries(entries: LogEntry[]): Effect[][] {
-    const effects: Effect[][] = [];
+  /**
+   * Appends entries received from the primary, in one transaction. Normally they are applied in it
+   * too. With `deferApply` (entries the primary has already committed: a catch-up), or while earlier
+   * entries still wait, they are only logged, with no response yet; applyPending applies them later,
+   * in order. A logged entry is as durable as an applied one: the state can always be rebuilt from it.
+   */
+  appendEntries(entries: LogEntry[], options: { deferApply?: boolean } = {}): void {
+    const logOnly = options.deferApply === true || this.pendingApply > 0;
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
+      if (logOnly) {
+        if (this.pendingApply === 0 && entries.length > 0) this.statements.metaPut.run(appliedIndexKey, String(this.applied));
+        for (const entry of entries) this.writeLogRow(entry, null);
+        return;
+      }
       for (const entry of entries) {
-        const result = this.undo.record(entry.index, () => this.machine.apply(entry.index, entry.command));
-        // The primary applied this exact command at this exact state; anything else is divergence.
-        assert(result.ok, `entry ${entry.index} (${entry.command.op}) failed on replay: ${!result.ok && result.message}`);
+        const result = this.applyReplicated(entry);
         this.writeEntry(entry, result);
-        effects.push(result.effects);
       }
     });
     this.runWriting(run);
-    return effects;
+  }
+
+  /**
+   * Applies up to `entriesMax` logged entries that wait, oldest first, in one transaction, filling in
+   * their responses. Returns how many still wait.
+   */
+  applyPending(entriesMax: number): number {
+    assert(entriesMax > 0, "applies at least one entry");
+    if (this.pendingApply === 0) return 0;
+    const to = Math.min(this.last.index, this.applied + entriesMax);
+    const entries = this.entries(this.applied + 1, to);
+    assert(entries.length === to - this.applied, `log holds entries ${this.applied + 1}..${to}`);
+    const run = this.db.transaction(() => {
+      this.undo.prune(this.committedHint, this.last.index);
+      for (const entry of entries) {
+        const result = this.applyReplicated(entry);
+        if (hasRequestId(entry)) this.statements.setResponse.run(encodeResponse(entry.command, result.data), entry.index);
+        this.applied = entry.index;
+      }
+      if (this.applied === this.last.index) this.statements.metaDelete.run(appliedIndexKey);
+      else this.statements.metaPut.run(appliedIndexKey, String(this.applied));
+    });
+    this.runWriting(run);
+    return this.pendingApply;
+  }
+
+  /** Applies an entry the primary already applied: it must succeed here too. */
+  private applyReplicated(entry: LogEntry): ApplyResult & { ok: true } {
+    assert(entry.index === this.applied + 1, `entry ${entry.index} is applied right after ${this.applied}`);
+    const result = this.undo.record(entry.index, () => this.machine.apply(entry.index, entry.command));
+    // The primary applied this exact command at this exact state; anything else is divergence.
+    assert(result.ok, `entry ${entry.index} (${entry.command.op}) failed on replay: ${!result.ok && result.message}`);
+    return result;
   }
 
   /** Runs a write transaction; if it fails, our idea of the log's end goes back with the rollback. */
   private runWriting(run: Database.Transaction<() => void>): void {
     const before = this.last;
+    const appliedBefore = this.applied;
     try {
       run.immediate();
     } catch (error) {
       this.last = before;
+      this.applied = appliedBefore;
       this.loadLogSummary();
       throw error;
     }
   }
 
+  /** Logs an entry and records it as applied (the caller applied it in the same transaction). */
   private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }): void {
+    // The response is kept only where a retry can ask for it again.
+    this.writeLogRow(entry, hasRequestId(entry) ? encodeResponse(entry.command, result.data) : null);
+    this.applied = entry.index;
+  }
+
+  private writeLogRow(entry: LogEntry, response: string | null): void {
     assert(entry.index === this.last.index + 1, `log index ${entry.index} follows ${this.last.index}`);
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
-    // The response is kept only where a retry can ask for it again.
-    const response = entry.clientId !== null && entry.requestId !== null ? encodeResponse(entry.command, result.data) : null;
     this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command), response);
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
@@ -237,26 +305,32 @@ export class Store {
 
   /**
    * Drops every entry after `index` and puts the state tables back as they were after it. Only a
-   * recovering server does this, for entries that were never acknowledged. Usually the undo journal
-   * holds those entries' changes and they are reversed; after a restart (or beyond the journal's
-   * bound) the state is rebuilt by replaying the kept log from entry 1.
+   * recovering server does this, for entries that were never acknowledged. Entries that were only
+   * logged just go ("log"). Usually the undo journal holds the applied ones' changes and they are
+   * reversed ("undo"); after a restart (or beyond the journal's bound) the state is rebuilt by
+   * replaying the kept log from entry 1 ("replay").
    */
-  truncateAfter(index: number): "undo" | "replay" {
+  truncateAfter(index: number): "log" | "undo" | "replay" {
     assert(index >= 0 && index <= this.last.index, `truncate point ${index} within log`);
-    if (index === this.last.index) return "undo";
-    if (!this.undo.covers(index)) {
+    if (index === this.last.index) return "log";
+    const how = index >= this.applied ? "log" : this.undo.covers(index) ? "undo" : "replay";
+    if (how === "replay") {
       this.replayUpTo(index);
-      return "replay";
+      return how;
     }
     this.runWriting(
       this.db.transaction(() => {
-        this.undo.undoAfter(index);
+        if (how === "undo") {
+          this.undo.undoAfter(index);
+          this.applied = index;
+        }
         this.statements.deleteAfter.run(index);
+        if (this.applied === index) this.statements.metaDelete.run(appliedIndexKey);
       }),
     );
     this.last = { index, epoch: this.epochAt(index) };
     this.loadLogSummary();
-    return "undo";
+    return how;
   }
 
   private replayUpTo(index: number): void {
@@ -267,6 +341,8 @@ export class Store {
       this.last = { index: 0, epoch: 0 };
       // Rewrite the kept entries through the normal path so responses and state match a live server.
       this.db.exec("DELETE FROM log");
+      this.applied = 0;
+      this.statements.metaDelete.run(appliedIndexKey);
       for (const entry of kept) {
         const result = this.machine.apply(entry.index, entry.command);
         assert(result.ok, `replay of entry ${entry.index} succeeds`);
@@ -344,6 +420,10 @@ function decodeResponse(command: Command, stored: string): Record<string, unknow
   const message = data.message as { body?: unknown } | undefined;
   if ("body" in command && message !== undefined && message.body === null) message.body = command.body;
   return data;
+}
+
+function hasRequestId(entry: LogEntry): boolean {
+  return entry.clientId !== null && entry.requestId !== null;
 }
 
 type LogRow = { idx: number; epoch: number; kind: string; client_id: string | null; request_id: number | null; body: string };

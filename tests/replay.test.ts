@@ -201,6 +201,43 @@ describe("replaying the log", () => {
       expect(reopened.stateDigest()).toBe(prefix.stateDigest());
       expect(reopened.logDigest()).toBe(prefix.logDigest());
 
+      // A catch-up logs entries and applies them later (appendEntries with deferApply). Applied
+      // later, in any chunks, they give exactly the log and state of entries applied at once; the
+      // backlog survives a reopen; truncating logged entries leaves the state alone, and truncating
+      // into applied ones with logged ones after them undoes the applied ones.
+      const half = Math.floor(all.length / 2);
+      const late = open(join(scratch, `late-${runs}.db`));
+      replayInto(late, all.slice(0, half));
+      late.appendEntries(all.slice(half), { deferApply: true });
+      expect([late.lastIndex, late.appliedIndex, late.pendingApply]).toEqual([all.length, half, all.length - half]);
+      const halfReference = open(join(scratch, `half-${runs}.db`));
+      replayInto(halfReference, all.slice(0, half));
+      expect(late.stateDigest(), "logged entries leave the state alone").toBe(halfReference.stateDigest());
+      expect(() => late.proposeBatch(99, [{ clientId: null, requestId: null, command: { op: "config", primary: 1, members: [1] } }])).toThrow(/applied before proposing/);
+      expect(late.applyPending(10)).toBe(all.length - half - 10);
+      expect(late.truncateAfter(half + 5)).toBe("undo");
+      const fiveReference = open(join(scratch, `half5-${runs}.db`));
+      replayInto(fiveReference, all.slice(0, half + 5));
+      expect([late.lastIndex, late.appliedIndex]).toEqual([half + 5, half + 5]);
+      expect(late.stateDigest()).toBe(fiveReference.stateDigest());
+      expect(late.logDigest()).toBe(fiveReference.logDigest());
+      late.appendEntries(all.slice(half + 5), { deferApply: true });
+      const latePath = late.db.name;
+      late.close();
+      const lateAgain = open(latePath);
+      expect([lateAgain.lastIndex, lateAgain.appliedIndex]).toEqual([all.length, half + 5]);
+      expect(lateAgain.truncateAfter(all.length - 60)).toBe("log");
+      expect(lateAgain.stateDigest()).toBe(fiveReference.stateDigest());
+      while (lateAgain.applyPending(37) > 0);
+      expect([lateAgain.appliedIndex, lateAgain.getMeta("applied_index")]).toEqual([all.length - 60, undefined]);
+      expect(lateAgain.stateDigest()).toBe(prefix.stateDigest());
+      expect(lateAgain.logDigest(), "responses filled in as the entries are applied").toBe(prefix.logDigest());
+      // Once the backlog is applied, entries apply at once again.
+      lateAgain.appendEntries(all.slice(all.length - 60));
+      expect(lateAgain.pendingApply).toBe(0);
+      expect(lateAgain.stateDigest()).toBe(first.stateDigest());
+      expect(lateAgain.logDigest()).toBe(first.logDigest());
+
       // The digest is not blind: one changed row changes it.
       second.db.prepare("UPDATE channels SET topic = topic || '.' WHERE name = 'general'").run();
       expect(second.stateDigest()).not.toBe(first.stateDigest());

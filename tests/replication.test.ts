@@ -2,7 +2,8 @@
 // real SQLite files. After each: every acknowledged write is present exactly once on every
 // caught-up server, unknown writes at most once, and logs and state are identical (by hash).
 import { afterEach, describe as suite, expect, it } from "vitest";
-import { TestCluster, sleep } from "./helpers/cluster.js";
+import { join } from "node:path";
+import { TestCluster, openReadOnly, sleep } from "./helpers/cluster.js";
 import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
 
 let cluster: TestCluster | undefined;
@@ -30,6 +31,15 @@ async function runWhile(ws: RetryingWriter[], body: () => Promise<void>): Promis
   } finally {
     await Promise.all(ws.map((w) => w.stop()));
   }
+}
+
+async function pollUntil(done: () => Promise<boolean>, timeoutMs: number, everyMs = 50): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await done()) return true;
+    await sleep(everyMs);
+  }
+  return false;
 }
 
 /** Waits until at least `n` more writes are acknowledged in total. */
@@ -118,6 +128,62 @@ suite("replication scenarios", () => {
     await c.waitForInSync([1, 2, 3]);
     const report = await checkInvariants(c, ws, [1, 2, 3]);
     console.log(`S3 ${describe(report)}`);
+  });
+
+  it("S3b: a server back in the in-sync set with logged entries still to apply takes over from a killed primary: it applies them before it proposes", async () => {
+    // Goal: a catch-up logs entries first and applies them afterwards (docs/architecture.md §7.1),
+    // so a takeover in between must finish applying before its config entry. Method: kill a backup,
+    // post a backlog of 20,000 messages, restart it, and kill -9 the primary as soon as the
+    // restarted server holds a config listing itself, while it still applies. It must take over,
+    // serve, and hold every acknowledged post exactly once, as must the other backup.
+    const c = await startCluster();
+    const primary = await c.waitForPrimary();
+    // The first backup in consts order: it is the one that takes over from the primary.
+    const down = [1, 2, 3].find((id) => id !== primary)!;
+    await c.kill(down);
+    const dropped = await pollUntil(async () => !(await c.status(primary))?.members.includes(down), 10000);
+    expect(dropped, `primary ${primary} drops server ${down} from the in-sync set`).toBe(true);
+    const writer = await c.client(primary);
+    await writer.ok("register", { username: "s3bwriter", password: "password123" });
+    const backlog = 20_000;
+    const wave = 250;
+    const acked = new Set<number>();
+    for (let sent = 0; sent < backlog; sent += wave) {
+      const replies = await Promise.all(Array.from({ length: wave }, (_, i) => writer.request("post", { channel: "general", body: `s3b ${sent + i}` }, 20000)));
+      for (const reply of replies) {
+        expect(reply.type, JSON.stringify(reply)).toBe("ok");
+        acked.add(reply.data!.message.id as number);
+      }
+    }
+    writer.close();
+    await c.start(down);
+    let seen: { lastIndex: number; appliedIndex: number } | undefined;
+    const joined = await pollUntil(async () => {
+      const status = await c.status(down);
+      if (!status?.members.includes(down) || status.role !== "backup") return false;
+      seen = status;
+      return true;
+    }, 20000, 5);
+    expect(joined, `server ${down} holds a config listing itself`).toBe(true);
+    await c.kill(primary);
+    expect(seen!.appliedIndex, `server ${down} still had logged entries to apply when the primary died (raise the backlog if this fails)`).toBeLessThan(seen!.lastIndex);
+    expect(await c.waitForPrimary(20000, [down])).toBe(down);
+    expect(c.readLog(down)).toContain("proposal waits for the logged entries to be applied");
+    const reader = await c.client(down);
+    await reader.ok("register", { username: "s3breader", password: "password123" });
+    reader.close();
+    const db = openReadOnly(join(c.dataDir(down), "chat.db"));
+    try {
+      const rows = db.prepare("SELECT id FROM messages WHERE body LIKE 's3b %'").all() as { id: number }[];
+      expect(rows.length).toBe(backlog);
+      expect(new Set(rows.map((row) => row.id))).toEqual(acked);
+    } finally {
+      db.close();
+    }
+    await c.start(primary);
+    await c.waitForInSync([1, 2, 3]);
+    const report = await checkInvariants(c, [], [1, 2, 3]);
+    console.log(`S3b ${describe(report)}`);
   });
 
   for (const stop of ["SIGTERM", "SIGKILL"] as const) {

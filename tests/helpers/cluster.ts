@@ -186,13 +186,13 @@ export class TestCluster {
     return client;
   }
 
-  async status(id: number): Promise<{ role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; members: number[] } | undefined> {
+  async status(id: number): Promise<{ role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; appliedIndex: number; members: number[] } | undefined> {
     if (!this.processes.has(id)) return undefined;
     try {
       const client = await TestClient.connect(this.machine(id).host, this.machine(id).clientPort);
       try {
         const reply = await client.request("ping", {}, 1000);
-        return reply.data as { role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; members: number[] };
+        return reply.data as { role: string; epoch: number; primaryId: number | null; commitIndex: number; lastIndex: number; appliedIndex: number; members: number[] };
       } finally {
         client.close();
       }
@@ -214,7 +214,7 @@ export class TestCluster {
     throw new Error(`no primary within ${timeoutMs} ms`);
   }
 
-  /** Waits until every listed server is in the in-sync set (as reported by the primary's config) and caught up. */
+  /** Waits until every listed server is in the in-sync set (as reported by the primary's config), caught up, and has applied its whole log. */
   async waitForInSync(ids: number[], timeoutMs = 20000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let last = "";
@@ -223,7 +223,7 @@ export class TestCluster {
       const statuses = await Promise.all(ids.map((id) => this.status(id)));
       const primaryStatus = await this.status(primary);
       last = JSON.stringify(statuses);
-      if (primaryStatus && statuses.every((status) => status && (status.role === "backup" || status.role === "primary") && status.lastIndex === primaryStatus.lastIndex)) {
+      if (primaryStatus && statuses.every((status) => status && (status.role === "backup" || status.role === "primary") && status.lastIndex === primaryStatus.lastIndex && status.appliedIndex === status.lastIndex)) {
         const members = this.membersFromLog(primary);
         if (ids.every((id) => members.includes(id))) return;
       }

@@ -99,7 +99,7 @@ export class RetryingWriter {
   }
 }
 
-export type ServerSnapshot = { id: number; lastIndex: number; logDigest: string; stateDigest: string; bodies: Map<string, number>; epochs: number[] };
+export type ServerSnapshot = { id: number; lastIndex: number; applied: boolean; logDigest: string; stateDigest: string; bodies: Map<string, number>; epochs: number[] };
 
 /** Reads a server's SQLite file (read-only, safe while it runs) and summarizes it. */
 export function snapshot(cluster: TestCluster, id: number): ServerSnapshot {
@@ -111,7 +111,9 @@ export function snapshot(cluster: TestCluster, id: number): ServerSnapshot {
       bodies.set(row.body, (bodies.get(row.body) ?? 0) + 1);
     }
     const epochs = (db.prepare("SELECT epoch FROM log ORDER BY idx").all() as { epoch: number }[]).map((row) => row.epoch);
-    return { id, lastIndex, logDigest: logDigestOf(db, lastIndex), stateDigest: stateDigestOf(db), bodies, epochs };
+    // Store keeps an applied_index meta row only while its state tables are behind its log.
+    const applied = db.prepare("SELECT 1 FROM meta WHERE key = 'applied_index'").get() === undefined;
+    return { id, lastIndex, applied, logDigest: logDigestOf(db, lastIndex), stateDigest: stateDigestOf(db), bodies, epochs };
   } finally {
     db.close();
   }
@@ -130,12 +132,13 @@ export async function checkInvariants(cluster: TestCluster, writers: RetryingWri
   let snapshots: ServerSnapshot[] = [];
   while (Date.now() < deadline) {
     snapshots = servers.map((id) => snapshot(cluster, id));
-    if (snapshots.every((snap) => snap.lastIndex === snapshots[0].lastIndex && snap.logDigest === snapshots[0].logDigest)) break;
+    if (snapshots.every((snap) => snap.applied && snap.lastIndex === snapshots[0].lastIndex && snap.logDigest === snapshots[0].logDigest)) break;
     await sleep(100);
   }
   const problems: string[] = [];
   const reference = snapshots[0];
   for (const snap of snapshots) {
+    if (!snap.applied) problems.push(`server ${snap.id} has logged entries it has not applied`);
     if (snap.logDigest !== reference.logDigest) problems.push(`server ${snap.id} log differs from server ${reference.id} (last index ${snap.lastIndex} vs ${reference.lastIndex})`);
     if (snap.stateDigest !== reference.stateDigest) problems.push(`server ${snap.id} state differs from server ${reference.id}`);
     for (let i = 1; i < snap.epochs.length; i += 1) {
