@@ -781,11 +781,20 @@ export class Replica {
     // that holds the new config entry but an old status of its sender would see a better log here
     // and depose a primary that had just begun serving.
     if (this.primaryId !== null && this.primaryId !== this.id && this.matchedEpoch === this.promised && now - this.lastAppendAt <= this.timing.peerTimeoutMs) return;
-    // Hear from everyone reachable before trusting what we know: a newer config may be a dial away.
-    if (now - this.contactBaseline < this.timing.unreachableGraceMs) return;
     // No primary. Elect only from the newest config any reachable server knows, and only once
     // every member of it is reachable: then its members together hold every acknowledged write.
     const latest = this.latestKnownConfig();
+    // Hear from everyone reachable before trusting what we know: a newer config may be a dial away,
+    // even on a server outside every config we know (a primary ships a config entry before its own
+    // fsync, so the only copy of it may be on the server it added). Once every server of the cluster
+    // is reachable and has sent its status since we started recovering, every config that exists
+    // has shown, and there is nothing left to wait for: a cluster frozen as a whole (one stalled
+    // disk) elects at once instead of after the grace.
+    const heardFromEveryServer = this.order.every((id) => {
+      const peer = this.peers.get(id);
+      return id === this.id || (peer !== undefined && this.isAlive(peer) && peer.status !== undefined && peer.statusAt >= this.contactBaseline);
+    });
+    if (!heardFromEveryServer && now - this.contactBaseline < this.timing.unreachableGraceMs) return;
     if (!latest.members.every((id) => this.alive(id))) return;
     const someoneContinuous = latest.members.some((id) => id !== this.id && this.peers.get(id)?.status?.eligible === true);
     if (someoneContinuous) return; // an eligible member will take over through the continuous path

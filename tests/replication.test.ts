@@ -3,6 +3,8 @@
 // caught-up server, unknown writes at most once, and logs and state are identical (by hash).
 import { afterEach, describe as suite, expect, it } from "vitest";
 import { join } from "node:path";
+import { unreachableGraceMs } from "../connections/consts.js";
+import type { TestClient } from "./helpers/client.js";
 import { TestCluster, openReadOnly, sleep } from "./helpers/cluster.js";
 import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
 
@@ -40,6 +42,57 @@ async function pollUntil(done: () => Promise<boolean>, timeoutMs: number, everyM
     await sleep(everyMs);
   }
   return false;
+}
+
+/**
+ * Posts `total` messages to #general as one user, `wave` requests in flight at a time, each retried
+ * with the same client id and request id (on a new connection to whichever server is primary) until
+ * acknowledged. Returns the message id of each, by request id; the bodies are `<username> <id>`.
+ */
+async function postPipelined(c: TestCluster, username: string, total: number, wave: number): Promise<Map<number, number>> {
+  const clientId = `pipelined-${username}`;
+  let controlId = 10_000_000;
+  let client: TestClient | undefined;
+  let token: string | undefined;
+  const connect = async (): Promise<TestClient> => {
+    const next = await c.client(await c.waitForPrimary(15000));
+    expect((await next.request("hello", { clientId }, 2000, controlId++)).type).toBe("ok");
+    const login = token
+      ? await next.request("auth", { token }, 5000, controlId++)
+      : await next.request("register", { username, password: "password123" }, 5000, 9_999_999);
+    if (login.type !== "ok") throw new Error(`${token ? "auth" : "register"} failed: ${login.code}`);
+    token ??= login.data!.token as string;
+    return next;
+  };
+  const retryable = new Set(["CHAT_ERR_NOT_PRIMARY", "CHAT_ERR_UNAVAILABLE", "CHAT_ERR_NOT_LOGGED_IN"]);
+  const acked = new Map<number, number>();
+  for (let first = 1; first <= total; first += wave) {
+    let pending = Array.from({ length: Math.min(wave, total - first + 1) }, (_, i) => first + i);
+    const deadline = Date.now() + 30000;
+    while (pending.length > 0) {
+      if (Date.now() > deadline) throw new Error(`${pending.length} posts from ${pending[0]} not acknowledged within 30 s`);
+      try {
+        client = client && !client.closed ? client : await connect();
+        const sending = client;
+        const replies = await Promise.all(pending.map((id) => sending.request("post", { channel: "general", body: `${username} ${id}` }, 5000, id).catch(() => undefined)));
+        pending = pending.filter((id, position) => {
+          const reply = replies[position];
+          if (reply?.type === "ok") acked.set(id, reply.data!.message.id as number);
+          else if (reply?.type === "error" && !retryable.has(reply.code!)) throw new Error(`post ${id} failed for good: ${reply.code} ${reply.message}`);
+          return reply?.type !== "ok";
+        });
+      } catch (error) {
+        if ((error as Error).message.includes("failed for good")) throw error;
+      }
+      if (pending.length > 0) {
+        client?.close();
+        client = undefined;
+        await sleep(30);
+      }
+    }
+  }
+  client?.close();
+  return acked;
 }
 
 /** Waits until at least `n` more writes are acknowledged in total. */
@@ -143,19 +196,10 @@ suite("replication scenarios", () => {
     await c.kill(down);
     const dropped = await pollUntil(async () => !(await c.status(primary))?.members.includes(down), 10000);
     expect(dropped, `primary ${primary} drops server ${down} from the in-sync set`).toBe(true);
-    const writer = await c.client(primary);
-    await writer.ok("register", { username: "s3bwriter", password: "password123" });
     const backlog = 20_000;
-    const wave = 250;
-    const acked = new Set<number>();
-    for (let sent = 0; sent < backlog; sent += wave) {
-      const replies = await Promise.all(Array.from({ length: wave }, (_, i) => writer.request("post", { channel: "general", body: `s3b ${sent + i}` }, 20000)));
-      for (const reply of replies) {
-        expect(reply.type, JSON.stringify(reply)).toBe("ok");
-        acked.add(reply.data!.message.id as number);
-      }
-    }
-    writer.close();
+    const acked = new Set((await postPipelined(c, "s3bwriter", backlog, 250)).values());
+    const current = await c.waitForPrimary();
+    expect(current, "the primary did not move while the backlog was written (a stall of one server would move it)").toBe(primary);
     await c.start(down);
     let seen: { lastIndex: number; appliedIndex: number } | undefined;
     const joined = await pollUntil(async () => {
@@ -174,7 +218,7 @@ suite("replication scenarios", () => {
     reader.close();
     const db = openReadOnly(join(c.dataDir(down), "chat.db"));
     try {
-      const rows = db.prepare("SELECT id FROM messages WHERE body LIKE 's3b %'").all() as { id: number }[];
+      const rows = db.prepare("SELECT id FROM messages WHERE body LIKE 's3bwriter %'").all() as { id: number }[];
       expect(rows.length).toBe(backlog);
       expect(new Set(rows.map((row) => row.id))).toEqual(acked);
     } finally {
@@ -184,6 +228,34 @@ suite("replication scenarios", () => {
     await c.waitForInSync([1, 2, 3]);
     const report = await checkInvariants(c, [], [1, 2, 3]);
     console.log(`S3b ${describe(report)}`);
+  });
+
+  it("S5b: a cluster frozen as a whole (one stalled disk) elects again as soon as every server has reported, not after the unreachable grace", async () => {
+    // Goal: when every server detects a freeze at once, each treats itself as restarted; with every
+    // server reachable and reporting, the restart path has nothing to wait for. Method: writers run,
+    // all three servers are SIGSTOPped together for 400 ms and continued; the new primary must take
+    // over less than unreachableGraceMs after it noticed its freeze (the old wait was the whole grace),
+    // and nothing acknowledged is lost or doubled.
+    const c = await startCluster();
+    const ws = writers(c, 2, "s5bw");
+    await runWhile(ws, async () => {
+      await progress(ws, 30);
+      const pids = [1, 2, 3].map((id) => c.pid(id)!);
+      for (const pid of pids) process.kill(pid, "SIGSTOP");
+      await sleep(400);
+      for (const pid of pids) process.kill(pid, "SIGCONT");
+      await progress(ws, 30);
+    });
+    const primary = await c.waitForPrimary();
+    const lines = c.readLog(primary).split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line) as { time: number; msg: string; reason?: string; role?: string });
+    const frozenAt = lines.filter((line) => line.msg === "event loop was frozen; treating this server as restarted").map((line) => line.time);
+    expect(frozenAt.length, `server ${primary} noticed the freeze`).toBeGreaterThan(0);
+    const tookOver = lines.find((line) => line.msg === "role change" && line.role === "primary" && line.time > frozenAt[frozenAt.length - 1]);
+    expect(tookOver, `server ${primary} took over after its last freeze`).toBeDefined();
+    expect(tookOver!.time - frozenAt[frozenAt.length - 1]).toBeLessThan(unreachableGraceMs);
+    await c.waitForInSync([1, 2, 3]);
+    const report = await checkInvariants(c, ws, [1, 2, 3]);
+    console.log(`S5b ${describe(report)}; took over ${tookOver!.time - frozenAt[frozenAt.length - 1]} ms after noticing the freeze`);
   });
 
   for (const stop of ["SIGTERM", "SIGKILL"] as const) {
