@@ -43,6 +43,9 @@ export interface NetworkHost {
 }
 
 export const dialBackoffMinMs = 20;
+/** As in connections/peer.ts. */
+const probeIntervalMs = 25;
+const probeAttemptsMax = 10;
 export const dialBackoffMaxMs = 500;
 
 export class SimNetwork {
@@ -219,9 +222,32 @@ export class SimNetwork {
         server.handle(`link down ${peer} (#${connection.generation})`, () => {
           server.linkDown(peer, connection.generation);
           if (this.dials(side, peer)) this.scheduleDial(side, peer);
+          this.probe(side, peer, 0);
         });
       });
     }
+  }
+
+  /**
+   * PeerLinks.probe: after a link drops, knock on the peer's port every probeIntervalMs until the
+   * link is back, at most probeAttemptsMax times. Nothing listening (the process is down) is a
+   * refusal; a frozen process's kernel still accepts, and a cut link times out.
+   */
+  private probe(side: number, peer: number, attempt: number): void {
+    const server = this.host.server(side);
+    if (!server.up || server.links.has(peer) || attempt >= probeAttemptsMax) return;
+    const incarnation = server.incarnation;
+    this.host.at(this.host.now + this.rng.int(1, 3), () => {
+      if (server.incarnation !== incarnation || !server.up) return;
+      const target = this.host.server(peer);
+      if (!target.up && !this.isCut(side, peer) && !this.isCut(peer, side)) {
+        server.handle(`probe of ${peer} refused`, () => server.refused(peer));
+        return;
+      }
+      this.host.at(this.host.now + probeIntervalMs, () => {
+        if (server.incarnation === incarnation) this.probe(side, peer, attempt + 1);
+      });
+    });
   }
 
   /** A process died: its connections close (kill -9: the kernel sends FIN/RST at once). */

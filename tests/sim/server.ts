@@ -223,6 +223,12 @@ export class SimServer {
     this.execute(this.core.onPeerDown(peer, this.world.now));
   }
 
+  /** A probe of the peer's port was refused (peer.ts probe): nothing listens there. */
+  refused(peer: number): void {
+    if (this.links.has(peer)) return;
+    this.execute(this.core.onPeerRefused(peer, this.world.now));
+  }
+
   message(from: number, generation: number, message: PeerMessage): void {
     if (this.links.get(from) !== generation) return;
     this.execute(this.core.onMessage(from, message, this.world.now));
