@@ -10,18 +10,50 @@ import { LinkProxy } from "../fault/proxy.js";
 
 export const repoRoot = resolve(import.meta.dirname, "../..");
 
-/** Ports that were free a moment ago (bound to port 0 by the kernel, then released). */
+/**
+ * Ports that were free a moment ago. They are taken below the kernel's ephemeral range, where port 0
+ * and outgoing connections get theirs: a killed server's port is otherwise free for any connection's
+ * source port until it restarts (peer probes and clients make many), and the restart then fails
+ * with EADDRINUSE. Each is checked by binding it; without a readable range, port 0 is used.
+ */
 export async function freePorts(count: number): Promise<number[]> {
-  const servers: net.Server[] = [];
+  const below = ephemeralRangeStart();
   const ports: number[] = [];
-  for (let i = 0; i < count; i += 1) {
-    const server = net.createServer();
-    await new Promise<void>((done) => server.listen(0, "127.0.0.1", () => done()));
-    ports.push((server.address() as net.AddressInfo).port);
-    servers.push(server);
+  while (ports.length < count) {
+    const candidate = below === undefined ? 0 : portsFloor + Math.floor(Math.random() * (below - portsFloor));
+    if (candidate !== 0 && (ports.includes(candidate) || handedOut.has(candidate))) continue;
+    const port = await bindable(candidate);
+    if (port === undefined) continue;
+    ports.push(port);
+    handedOut.add(port);
   }
-  await Promise.all(servers.map((server) => new Promise((done) => server.close(done))));
   return ports;
+}
+
+/** Lowest port freePorts picks from (below it: well-known and registered services). */
+const portsFloor = 10_000;
+/** Ports this process handed out already: parallel clusters of one test file never share one. */
+const handedOut = new Set<number>();
+
+function ephemeralRangeStart(): number | undefined {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > portsFloor + 1000 ? low : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Binds and releases 127.0.0.1:port (0 = any); returns the port, or undefined if it was taken. */
+function bindable(port: number): Promise<number | undefined> {
+  return new Promise((done) => {
+    const server = net.createServer();
+    server.once("error", () => done(undefined));
+    server.listen(port, "127.0.0.1", () => {
+      const bound = (server.address() as net.AddressInfo).port;
+      server.close(() => done(bound));
+    });
+  });
 }
 
 export type ClusterOptions = {
