@@ -3,7 +3,7 @@
 // caught-up server, unknown writes at most once, and logs and state are identical (by hash).
 import { afterEach, describe as suite, expect, it } from "vitest";
 import { join } from "node:path";
-import { unreachableGraceMs } from "../connections/consts.js";
+import { heartbeatIntervalMs, unreachableGraceMs } from "../connections/consts.js";
 import type { TestClient } from "./helpers/client.js";
 import { TestCluster, openReadOnly, sleep } from "./helpers/cluster.js";
 import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
@@ -186,8 +186,8 @@ suite("replication scenarios", () => {
   it("S3b: a server back in the in-sync set with logged entries still to apply takes over from a killed primary: it applies them before it proposes", async () => {
     // Goal: a catch-up logs entries first and applies them afterwards (docs/architecture.md §7.1),
     // so a takeover in between must finish applying before its config entry. Method: kill a backup,
-    // post a backlog of 30,000 messages, restart it, and kill -9 the primary as soon as the
-    // restarted server holds a committed config listing itself, while it still applies. It must take over,
+    // post a backlog of 50,000 messages, restart it, and kill -9 the primary as soon as the
+    // restarted server is eligible again, while it still applies. It must take over,
     // serve, and hold every acknowledged post exactly once, as must the other backup.
     const c = await startCluster();
     const primary = await c.waitForPrimary();
@@ -196,27 +196,27 @@ suite("replication scenarios", () => {
     await c.kill(down);
     const dropped = await pollUntil(async () => !(await c.status(primary))?.members.includes(down), 10000);
     expect(dropped, `primary ${primary} drops server ${down} from the in-sync set`).toBe(true);
-    const backlog = 30_000;
+    const backlog = 50_000;
     const acked = new Set((await postPipelined(c, "s3bwriter", backlog, 250)).values());
     const current = await c.waitForPrimary();
     expect(current, "the primary did not move while the backlog was written (a stall of one server would move it)").toBe(primary);
     await c.start(down);
-    // It is the primary's successor once it is eligible: it holds a config listing itself and knows
-    // that entry is committed (else the other backup would run the takeover, and slower).
-    let seen: { lastIndex: number; appliedIndex: number } | undefined;
+    // It is the primary's successor once it is eligible (it holds a config listing itself and knows
+    // that entry is committed) and the other backup has heard so from its heartbeats; before that,
+    // the other backup takes over instead.
     let listedAt: number | undefined;
     const joined = await pollUntil(async () => {
       const status = await c.status(down);
       if (!status?.members.includes(down) || status.role !== "backup") return false;
       listedAt ??= status.lastIndex;
-      if (status.commitIndex < listedAt) return false;
-      seen = status;
-      return true;
+      return status.commitIndex >= listedAt;
     }, 20000, 5);
     expect(joined, `server ${down} holds a committed config listing itself`).toBe(true);
+    await sleep(5 * heartbeatIntervalMs);
+    const seen = (await c.status(down))!;
     await c.kill(primary);
-    expect(seen!.appliedIndex, `server ${down} still had logged entries to apply when the primary died (raise the backlog if this fails)`).toBeLessThan(seen!.lastIndex);
-    expect(await c.waitForPrimary(20000, [down])).toBe(down);
+    expect(seen.appliedIndex, `server ${down} still had logged entries to apply when the primary died (raise the backlog if this fails)`).toBeLessThan(seen.lastIndex);
+    expect(await c.waitForPrimary(20000), `server ${down}, eligible and first in consts order, takes over`).toBe(down);
     expect(c.readLog(down)).toContain("proposal waits for the logged entries to be applied");
     const reader = await c.client(down);
     await reader.ok("register", { username: "s3breader", password: "password123" });
