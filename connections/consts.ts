@@ -67,6 +67,12 @@ export const leaseMs = 200;
  */
 export const peerDialBackoffMinMs = 20;
 export const peerDialBackoffMaxMs = 100;
+/**
+ * After a link drops, a server knocks on the peer's port this often, at most this many times
+ * (together under peerTimeoutMs): a refused connection proves the peer's process is gone.
+ */
+export const peerProbeIntervalMs = 25;
+export const peerProbeAttemptsMax = 10;
 /** Entries per append or catch-up batch. A backup applies a batch in one synchronous transaction, so it must stay well below freezeDetectMs (~50 µs an entry). */
 export const replicationBatchEntriesMax = 500;
 /**

@@ -7,13 +7,10 @@ import net from "node:net";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { parsePeerMessage, type PeerMessage } from "../core/messages.js";
-import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, type Machine } from "./consts.js";
+import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, peerProbeAttemptsMax, peerProbeIntervalMs, type Machine } from "./consts.js";
 import { encodeFrame, LineReader } from "./framing.js";
 import { backoffDelayMs } from "../utils.js";
 
-/** Probes after a link drop, spaced this far apart, at most this many (together under peerTimeoutMs). */
-const probeIntervalMs = 25;
-const probeAttemptsMax = 10;
 
 const Handshake = z.discriminatedUnion("t", [
   z.object({ t: z.literal("hello"), id: z.number().int(), nonce: z.string().length(32) }),
@@ -205,18 +202,18 @@ export class PeerLinks {
    */
   private probe(peer: number, attempt: number): void {
     const machine = this.machines.find((candidate) => candidate.id === peer);
-    if (!machine || this.closed || this.links.has(peer) || attempt >= probeAttemptsMax) return;
+    if (!machine || this.closed || this.links.has(peer) || attempt >= peerProbeAttemptsMax) return;
     const socket = net.connect({ host: machine.host, port: machine.peerPort });
-    const timer = setTimeout(() => socket.destroy(), probeIntervalMs);
+    const timer = setTimeout(() => socket.destroy(), peerProbeIntervalMs);
     socket.once("connect", () => {
       clearTimeout(timer);
       socket.destroy();
-      setTimeout(() => this.probe(peer, attempt + 1), probeIntervalMs);
+      setTimeout(() => this.probe(peer, attempt + 1), peerProbeIntervalMs);
     });
     socket.once("error", (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       if (error.code === "ECONNREFUSED" && !this.links.has(peer)) this.events.onRefused(peer);
-      else setTimeout(() => this.probe(peer, attempt + 1), probeIntervalMs);
+      else setTimeout(() => this.probe(peer, attempt + 1), peerProbeIntervalMs);
     });
   }
 

@@ -10,6 +10,7 @@
 //   lossy      harsher than TCP: each message may be dropped, duplicated, or delayed past later ones.
 //   partition  tcp-drops plus cut links (one or both directions) that silently drop traffic and block
 //              reconnection. Outside the safety fault model: only observed, see harness.ts.
+import { peerProbeAttemptsMax, peerProbeIntervalMs } from "../../connections/consts.js";
 import type { PeerMessage } from "../../core/messages.js";
 import { backoffDelayMs } from "../../utils.js";
 import type { Rng } from "./rng.js";
@@ -43,9 +44,6 @@ export interface NetworkHost {
 }
 
 export const dialBackoffMinMs = 20;
-/** As in connections/peer.ts. */
-const probeIntervalMs = 25;
-const probeAttemptsMax = 10;
 export const dialBackoffMaxMs = 500;
 
 export class SimNetwork {
@@ -229,13 +227,13 @@ export class SimNetwork {
   }
 
   /**
-   * PeerLinks.probe: after a link drops, knock on the peer's port every probeIntervalMs until the
-   * link is back, at most probeAttemptsMax times. Nothing listening (the process is down) is a
+   * PeerLinks.probe: after a link drops, knock on the peer's port every peerProbeIntervalMs until the
+   * link is back, at most peerProbeAttemptsMax times. Nothing listening (the process is down) is a
    * refusal; a frozen process's kernel still accepts, and a cut link times out.
    */
   private probe(side: number, peer: number, attempt: number): void {
     const server = this.host.server(side);
-    if (!server.up || server.links.has(peer) || attempt >= probeAttemptsMax) return;
+    if (!server.up || server.links.has(peer) || attempt >= peerProbeAttemptsMax) return;
     const incarnation = server.incarnation;
     this.host.at(this.host.now + this.rng.int(1, 3), () => {
       if (server.incarnation !== incarnation || !server.up) return;
@@ -244,7 +242,7 @@ export class SimNetwork {
         server.handle(`probe of ${peer} refused`, () => server.refused(peer));
         return;
       }
-      this.host.at(this.host.now + probeIntervalMs, () => {
+      this.host.at(this.host.now + peerProbeIntervalMs, () => {
         if (server.incarnation === incarnation) this.probe(side, peer, attempt + 1);
       });
     });
