@@ -11,7 +11,6 @@ import { peerDialBackoffMaxMs, peerDialBackoffMinMs, peerFrameBytesMax, peerProb
 import { encodeFrame, LineReader } from "./framing.js";
 import { backoffDelayMs } from "../utils.js";
 
-
 const Handshake = z.discriminatedUnion("t", [
   z.object({ t: z.literal("hello"), id: z.number().int(), nonce: z.string().length(32) }),
   z.object({ t: z.literal("challenge"), id: z.number().int(), nonce: z.string().length(32), proof: z.string() }),

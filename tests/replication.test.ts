@@ -4,7 +4,7 @@
 import { afterEach, describe as suite, expect, it } from "vitest";
 import { join } from "node:path";
 import { heartbeatIntervalMs, unreachableGraceMs } from "../connections/consts.js";
-import type { TestClient } from "./helpers/client.js";
+import { waitUntil } from "./chat-support.js";
 import { TestCluster, openReadOnly, sleep } from "./helpers/cluster.js";
 import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
 
@@ -33,66 +33,6 @@ async function runWhile(ws: RetryingWriter[], body: () => Promise<void>): Promis
   } finally {
     await Promise.all(ws.map((w) => w.stop()));
   }
-}
-
-async function pollUntil(done: () => Promise<boolean>, timeoutMs: number, everyMs = 50): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await done()) return true;
-    await sleep(everyMs);
-  }
-  return false;
-}
-
-/**
- * Posts `total` messages to #general as one user, `wave` requests in flight at a time, each retried
- * with the same client id and request id (on a new connection to whichever server is primary) until
- * acknowledged. Returns the message id of each, by request id; the bodies are `<username> <id>`.
- */
-async function postPipelined(c: TestCluster, username: string, total: number, wave: number): Promise<Map<number, number>> {
-  const clientId = `pipelined-${username}`;
-  let controlId = 10_000_000;
-  let client: TestClient | undefined;
-  let token: string | undefined;
-  const connect = async (): Promise<TestClient> => {
-    const next = await c.client(await c.waitForPrimary(15000));
-    expect((await next.request("hello", { clientId }, 2000, controlId++)).type).toBe("ok");
-    const login = token
-      ? await next.request("auth", { token }, 5000, controlId++)
-      : await next.request("register", { username, password: "password123" }, 5000, 9_999_999);
-    if (login.type !== "ok") throw new Error(`${token ? "auth" : "register"} failed: ${login.code}`);
-    token ??= login.data!.token as string;
-    return next;
-  };
-  const retryable = new Set(["CHAT_ERR_NOT_PRIMARY", "CHAT_ERR_UNAVAILABLE", "CHAT_ERR_NOT_LOGGED_IN"]);
-  const acked = new Map<number, number>();
-  for (let first = 1; first <= total; first += wave) {
-    let pending = Array.from({ length: Math.min(wave, total - first + 1) }, (_, i) => first + i);
-    const deadline = Date.now() + 30000;
-    while (pending.length > 0) {
-      if (Date.now() > deadline) throw new Error(`${pending.length} posts from ${pending[0]} not acknowledged within 30 s`);
-      try {
-        client = client && !client.closed ? client : await connect();
-        const sending = client;
-        const replies = await Promise.all(pending.map((id) => sending.request("post", { channel: "general", body: `${username} ${id}` }, 5000, id).catch(() => undefined)));
-        pending = pending.filter((id, position) => {
-          const reply = replies[position];
-          if (reply?.type === "ok") acked.set(id, reply.data!.message.id as number);
-          else if (reply?.type === "error" && !retryable.has(reply.code!)) throw new Error(`post ${id} failed for good: ${reply.code} ${reply.message}`);
-          return reply?.type !== "ok";
-        });
-      } catch (error) {
-        if ((error as Error).message.includes("failed for good")) throw error;
-      }
-      if (pending.length > 0) {
-        client?.close();
-        client = undefined;
-        await sleep(30);
-      }
-    }
-  }
-  client?.close();
-  return acked;
 }
 
 /** Waits until at least `n` more writes are acknowledged in total. */
@@ -194,10 +134,13 @@ suite("replication scenarios", () => {
     // The first backup in consts order: it is the one that takes over from the primary.
     const down = [1, 2, 3].find((id) => id !== primary)!;
     await c.kill(down);
-    const dropped = await pollUntil(async () => !(await c.status(primary))?.members.includes(down), 10000);
-    expect(dropped, `primary ${primary} drops server ${down} from the in-sync set`).toBe(true);
+    await waitUntil(`primary ${primary} to drop server ${down} from the in-sync set`, async () => !(await c.status(primary))?.members.includes(down), 10000);
     const backlog = 50_000;
-    const acked = new Set((await postPipelined(c, "s3bwriter", backlog, 250)).values());
+    const writer = new RetryingWriter(c, "s3bwriter");
+    await writer.writePipelined(backlog, 250);
+    await writer.stop();
+    expect(writer.acked.length, "every post of the backlog is acknowledged").toBe(backlog);
+    const acked = new Set(writer.acked.map((record) => record.messageId));
     const current = await c.waitForPrimary();
     expect(current, "the primary did not move while the backlog was written (a stall of one server would move it)").toBe(primary);
     await c.start(down);
@@ -205,13 +148,12 @@ suite("replication scenarios", () => {
     // that entry is committed) and the other backup has heard so from its heartbeats; before that,
     // the other backup takes over instead.
     let listedAt: number | undefined;
-    const joined = await pollUntil(async () => {
+    await waitUntil(`server ${down} to hold a committed config listing itself`, async () => {
       const status = await c.status(down);
       if (!status?.members.includes(down) || status.role !== "backup") return false;
       listedAt ??= status.lastIndex;
       return status.commitIndex >= listedAt;
-    }, 20000, 5);
-    expect(joined, `server ${down} holds a committed config listing itself`).toBe(true);
+    }, 20000);
     await sleep(5 * heartbeatIntervalMs);
     const seen = (await c.status(down))!;
     await c.kill(primary);
@@ -223,7 +165,7 @@ suite("replication scenarios", () => {
     reader.close();
     const db = openReadOnly(join(c.dataDir(down), "chat.db"));
     try {
-      const rows = db.prepare("SELECT id FROM messages WHERE body LIKE 's3bwriter %'").all() as { id: number }[];
+      const rows = db.prepare("SELECT id FROM messages WHERE body LIKE 's3bwriter:%'").all() as { id: number }[];
       expect(rows.length).toBe(backlog);
       expect(new Set(rows.map((row) => row.id))).toEqual(acked);
     } finally {

@@ -6,7 +6,10 @@ import { logDigestOf, stateDigestOf } from "../../store/store.js";
 import { TestClient } from "./client.js";
 import { openReadOnly, sleep, type TestCluster } from "./cluster.js";
 
-export type WriteRecord = { body: string; requestId: number; outcome: "ok" | "unknown"; ackedAt?: number };
+export type WriteRecord = { body: string; requestId: number; outcome: "ok" | "unknown"; ackedAt?: number; messageId?: number };
+
+/** Errors after which a post is retried elsewhere: it changed nothing, or the server is not the primary. */
+const retryableCodes = new Set(["CHAT_ERR_NOT_PRIMARY", "CHAT_ERR_UNAVAILABLE", "CHAT_ERR_NOT_LOGGED_IN"]);
 
 export class RetryingWriter {
   readonly records: WriteRecord[] = [];
@@ -46,25 +49,43 @@ export class RetryingWriter {
     for (let n = 0; n < count; n += 1) await this.writeOne();
   }
 
+  /** Posts `count` messages, `inFlight` at a time on one connection, each retried like write's. */
+  async writePipelined(count: number, inFlight: number): Promise<void> {
+    for (let done = 0; done < count; done += inFlight) {
+      await this.post(Array.from({ length: Math.min(inFlight, count - done) }, () => this.nextId++));
+    }
+  }
+
   private async run(): Promise<void> {
     while (!this.stopped) await this.writeOne();
   }
 
-  private async writeOne(): Promise<void> {
-    const requestId = this.nextId++;
-    const body = `${this.username}:${requestId}`;
+  private writeOne(): Promise<void> {
+    return this.post([this.nextId++]);
+  }
+
+  /**
+   * Posts one message per request id, all at once, and re-sends those not acknowledged (same request
+   * ids) on a new connection to the primary until they are, or the budget runs out (unknown).
+   */
+  private async post(requestIds: number[]): Promise<void> {
+    const body = (requestId: number) => `${this.username}:${requestId}`;
+    let pending = requestIds;
     const deadline = Date.now() + this.writeBudgetMs;
     while (Date.now() < deadline) {
       try {
         const client = await this.connected();
-        const frame = await client.request("post", { channel: this.channel, body }, 3000, requestId);
-        if (frame.type === "ok") {
-          this.records.push({ body, requestId, outcome: "ok", ackedAt: Date.now() });
-          return;
-        }
-        if (frame.code !== "CHAT_ERR_NOT_PRIMARY" && frame.code !== "CHAT_ERR_UNAVAILABLE" && frame.code !== "CHAT_ERR_NOT_LOGGED_IN") {
-          throw new Error(`post failed for good: ${frame.code} ${frame.message}`);
-        }
+        const frames = await Promise.all(pending.map((requestId) => client.request("post", { channel: this.channel, body: body(requestId) }, 3000, requestId).catch(() => undefined)));
+        pending = pending.filter((requestId, position) => {
+          const frame = frames[position];
+          if (frame?.type === "ok") {
+            this.records.push({ body: body(requestId), requestId, outcome: "ok", ackedAt: Date.now(), messageId: frame.data!.message.id as number });
+            return false;
+          }
+          if (frame?.type === "error" && !retryableCodes.has(frame.code!)) throw new Error(`post failed for good: ${frame.code} ${frame.message}`);
+          return true;
+        });
+        if (pending.length === 0) return;
       } catch (error) {
         if ((error as Error).message.startsWith("post failed for good")) throw error;
       }
@@ -72,7 +93,7 @@ export class RetryingWriter {
       this.client = undefined;
       await sleep(30);
     }
-    this.records.push({ body, requestId, outcome: "unknown" });
+    for (const requestId of pending) this.records.push({ body: body(requestId), requestId, outcome: "unknown" });
   }
 
   /** A logged-in connection to the current primary. */
