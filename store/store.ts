@@ -16,6 +16,13 @@ import { UndoJournal } from "./undo.js";
 const undoEntriesMax = 20_000;
 /** Meta key present only while the state tables are behind the log: the last entry they reflect. */
 const appliedIndexKey = "applied_index";
+/** Meta key: the log entries up to this index have their request ids in request_index. */
+const requestIndexKey = "request_index_upto";
+/**
+ * Committed entries moved from memory to request_index at a time. Larger chunks touch each client's
+ * index page once for more of its writes; the memory held and the time one move takes grow with it.
+ */
+const requestIndexChunkEntries = 1024;
 
 export type Durability = "full" | "normal";
 
@@ -38,6 +45,13 @@ export class Store {
   private readonly undo: UndoJournal;
   /** The highest index this server knows is committed: its undo records can go. */
   private committedHint = 0;
+  /**
+   * Exactly-once lookups: entries up to `requestIndexUpTo` are found through the request_index table,
+   * later ones through `recentRequests` ((clientId, requestId) -> log index), in log order. Only
+   * committed entries are moved to the table, so a truncation never reaches into it.
+   */
+  private requestIndexUpTo: number;
+  private readonly recentRequests = new Map<string, number>();
 
   constructor(path: string, durability: Durability = "full") {
     this.db = new Database(path);
@@ -61,7 +75,12 @@ export class Store {
       hasBootstrap: s("SELECT 1 FROM log WHERE kind = 'bootstrap' AND kind != 'command' LIMIT 1"),
       deleteAfter: s("DELETE FROM log WHERE idx > ?"),
       lastIndexAtOrBeforeEpoch: s("SELECT max(idx) AS idx FROM log WHERE epoch <= ?"),
-      dedupGet: s("SELECT idx, body, response FROM log WHERE client_id = ? AND request_id = ?"),
+      dedupGet: s("SELECT log.idx, log.body, log.response FROM request_index JOIN log ON log.idx = request_index.idx WHERE request_index.client_id = ? AND request_index.request_id = ?"),
+      dedupAt: s("SELECT idx, body, response FROM log WHERE idx = ?"),
+      recentRequests: s("SELECT idx, client_id, request_id FROM log WHERE idx > ? AND request_id IS NOT NULL ORDER BY idx"),
+      // Sorted by key, so each client's index page is written once for all its entries of the chunk.
+      moveRequests: s(`INSERT INTO request_index (client_id, request_id, idx)
+        SELECT client_id, request_id, idx FROM log WHERE idx > ? AND idx <= ? AND request_id IS NOT NULL ORDER BY client_id, request_id`),
       // Prepared once: db.exec would compile these on every command of every batch.
       savepoint: s("SAVEPOINT command"),
       release: s("RELEASE command"),
@@ -77,6 +96,9 @@ export class Store {
     this.applied = applied === undefined ? this.last.index : Number(applied);
     assert(Number.isSafeInteger(this.applied) && this.applied >= 0 && this.applied <= this.last.index, `applied index ${applied} within the log`);
     this.undo = new UndoJournal(this.db, stateTableNames, this.last.index, undoEntriesMax);
+    this.requestIndexUpTo = Number(this.getMeta(requestIndexKey) ?? "0");
+    assert(Number.isSafeInteger(this.requestIndexUpTo) && this.requestIndexUpTo >= 0 && this.requestIndexUpTo <= this.last.index, `request index ${this.requestIndexUpTo} within the log`);
+    this.loadRecentRequests();
     this.loadLogSummary();
   }
 
@@ -161,6 +183,7 @@ export class Store {
         next += 1;
       }
       beforeCommit(proposals.filter((p) => p.result.ok).map((p) => p.entry));
+      this.moveRequestsToIndex();
     });
     this.runWriting(run);
     return proposals;
@@ -181,12 +204,13 @@ export class Store {
       if (logOnly) {
         if (this.pendingApply === 0 && entries.length > 0) this.statements.metaPut.run(appliedIndexKey, String(this.applied));
         for (const entry of entries) this.writeLogRow(entry, null);
-        return;
+      } else {
+        for (const entry of entries) {
+          const result = this.applyReplicated(entry);
+          this.writeEntry(entry, result);
+        }
       }
-      for (const entry of entries) {
-        const result = this.applyReplicated(entry);
-        this.writeEntry(entry, result);
-      }
+      this.moveRequestsToIndex();
     });
     this.runWriting(run);
   }
@@ -210,6 +234,7 @@ export class Store {
       }
       if (this.applied === this.last.index) this.statements.metaDelete.run(appliedIndexKey);
       else this.statements.metaPut.run(appliedIndexKey, String(this.applied));
+      this.moveRequestsToIndex();
     });
     this.runWriting(run);
     return this.pendingApply;
@@ -228,13 +253,45 @@ export class Store {
   private runWriting(run: Database.Transaction<() => void>): void {
     const before = this.last;
     const appliedBefore = this.applied;
+    const requestIndexBefore = this.requestIndexUpTo;
     try {
       run.immediate();
     } catch (error) {
       this.last = before;
       this.applied = appliedBefore;
+      this.requestIndexUpTo = requestIndexBefore;
+      this.loadRecentRequests();
       this.loadLogSummary();
       throw error;
+    }
+    this.forgetMovedRequests();
+  }
+
+  // ---- the exactly-once index ---------------------------------------------------
+
+  /** Moves one chunk of committed entries' request ids from memory to request_index. Inside a write transaction. */
+  private moveRequestsToIndex(): void {
+    const upTo = Math.min(this.committedHint, this.last.index, this.requestIndexUpTo + requestIndexChunkEntries);
+    if (upTo - this.requestIndexUpTo < requestIndexChunkEntries) return;
+    this.statements.moveRequests.run(this.requestIndexUpTo, upTo);
+    this.statements.metaPut.run(requestIndexKey, String(upTo));
+    this.requestIndexUpTo = upTo;
+  }
+
+  /** After a commit: the moved entries are found through the table now. */
+  private forgetMovedRequests(): void {
+    // Insertion order is log order (entries are logged in order and truncation takes the newest).
+    for (const [key, index] of this.recentRequests) {
+      if (index > this.requestIndexUpTo) break;
+      this.recentRequests.delete(key);
+    }
+  }
+
+  /** Rebuilds the in-memory part from the log (opening, or after a write transaction failed). */
+  private loadRecentRequests(): void {
+    this.recentRequests.clear();
+    for (const row of this.statements.recentRequests.iterate(this.requestIndexUpTo) as Iterable<{ idx: number; client_id: string; request_id: number }>) {
+      this.recentRequests.set(requestKey(row.client_id, row.request_id), row.idx);
     }
   }
 
@@ -250,6 +307,13 @@ export class Store {
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
     this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command), response);
+    // A replay rewrites entries request_index already holds.
+    if (entry.clientId !== null && entry.requestId !== null && entry.index > this.requestIndexUpTo) {
+      const key = requestKey(entry.clientId, entry.requestId);
+      // The primary looked the request up before proposing it; a second entry for it is divergence.
+      assert(!this.recentRequests.has(key), `request ${entry.requestId} of client ${entry.clientId} is logged once`);
+      this.recentRequests.set(key, entry.index);
+    }
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
     this.last = { index: entry.index, epoch: entry.epoch };
@@ -289,7 +353,10 @@ export class Store {
 
   /** The entry and response of an earlier write with this (clientId, requestId), if the log holds one. */
   dedupLookup(clientId: string, requestId: number): DedupRecord | undefined {
-    const row = this.statements.dedupGet.get(clientId, requestId) as { idx: number; body: string; response: string | null } | undefined;
+    const recent = this.recentRequests.get(requestKey(clientId, requestId));
+    const row = (recent !== undefined ? this.statements.dedupAt.get(recent) : this.statements.dedupGet.get(clientId, requestId)) as
+      | { idx: number; body: string; response: string | null }
+      | undefined;
     if (!row) return undefined;
     assert(row.response !== null, `log entry ${row.idx} with a request id holds its response`);
     const command = JSON.parse(row.body) as Command;
@@ -312,6 +379,8 @@ export class Store {
    */
   truncateAfter(index: number): "log" | "undo" | "replay" {
     assert(index >= 0 && index <= this.last.index, `truncate point ${index} within log`);
+    // Entries in request_index are committed, and a committed entry is never truncated.
+    assert(index >= this.requestIndexUpTo, `truncate point ${index} keeps the committed entries up to ${this.requestIndexUpTo}`);
     if (index === this.last.index) return "log";
     const how = index >= this.applied ? "log" : this.undo.covers(index) ? "undo" : "replay";
     if (how === "replay") {
@@ -329,6 +398,7 @@ export class Store {
       }),
     );
     this.last = { index, epoch: this.epochAt(index) };
+    this.loadRecentRequests();
     this.loadLogSummary();
     return how;
   }
@@ -341,6 +411,7 @@ export class Store {
       this.last = { index: 0, epoch: 0 };
       // Rewrite the kept entries through the normal path so responses and state match a live server.
       this.db.exec("DELETE FROM log");
+      this.recentRequests.clear();
       this.applied = 0;
       this.statements.metaDelete.run(appliedIndexKey);
       for (const entry of kept) {
@@ -350,6 +421,7 @@ export class Store {
       }
     }).immediate();
     this.undo.reset(index);
+    this.loadRecentRequests();
     this.loadLogSummary();
   }
 
@@ -420,6 +492,10 @@ function decodeResponse(command: Command, stored: string): Record<string, unknow
   const message = data.message as { body?: unknown } | undefined;
   if ("body" in command && message !== undefined && message.body === null) message.body = command.body;
   return data;
+}
+
+function requestKey(clientId: string, requestId: number): string {
+  return `${clientId}\u0000${requestId}`;
 }
 
 function hasRequestId(entry: LogEntry): boolean {

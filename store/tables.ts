@@ -3,7 +3,7 @@
 // `response` column is replicated state too: apply computes it, so every server writes the same one.
 
 /** Bumped when the file format changes; a server refuses a data directory of another version. */
-export const schemaVersion = 3;
+export const schemaVersion = 4;
 
 export const logTablesSql = `
 CREATE TABLE IF NOT EXISTS log (
@@ -16,10 +16,16 @@ CREATE TABLE IF NOT EXISTS log (
   response   TEXT                       -- the response data as JSON, for exactly-once retries; null without a request id
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS log_kind ON log(kind, idx) WHERE kind != 'command';
--- Exactly-once: a retried (client id, request id) finds its original entry and response here.
--- Kept in the log row rather than in a table of its own: one fewer B-tree per write, and the
--- entries of one batch land on the log's last pages instead of one page per client.
-CREATE UNIQUE INDEX IF NOT EXISTS log_request ON log(client_id, request_id) WHERE request_id IS NOT NULL;
+-- Exactly-once: a retried (client id, request id) finds its original entry, and its response, through
+-- this index. It lags the log on purpose: the Store keeps the newest requests in memory and moves
+-- them here in chunks of committed entries, sorted by key. Indexing each write as it is logged dirtied
+-- one page of this B-tree per client per commit; a chunk touches each client's page once.
+CREATE TABLE IF NOT EXISTS request_index (
+  client_id  TEXT    NOT NULL,
+  request_id INTEGER NOT NULL,
+  idx        INTEGER NOT NULL,          -- the log entry that carried the request
+  PRIMARY KEY (client_id, request_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 `;
 

@@ -32,7 +32,7 @@ export class SimStorage implements LogView {
   /** Entries [0, durableLength) survive a crash. */
   private durableLength = 0;
   private readonly configIndexes: number[] = [];
-  /** (clientId, requestId) -> log index, as the Store's log_request index. */
+  /** (clientId, requestId) -> log index, as the Store's exactly-once index. */
   private readonly dedup = new Map<string, number>();
   private bootstrapIndex = 0;
   promisedEpoch = 0;
