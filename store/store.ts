@@ -52,6 +52,12 @@ export class Store {
    */
   private requestIndexUpTo: number;
   private readonly recentRequests = new Map<string, number>();
+  /**
+   * Per clientId, a request id at least as high as any it has logged: a request above it is new, and
+   * its lookup needs no query. Clients number their requests upwards (docs/protocol.md §1.5), so that
+   * is almost every write. One number per clientId the log has seen.
+   */
+  private readonly highestRequestId = new Map<string, number>();
 
   constructor(path: string, durability: Durability = "full") {
     this.db = new Database(path);
@@ -78,6 +84,8 @@ export class Store {
       dedupGet: s("SELECT log.idx, log.body, log.response FROM request_index JOIN log ON log.idx = request_index.idx WHERE request_index.client_id = ? AND request_index.request_id = ?"),
       dedupAt: s("SELECT idx, body, response FROM log WHERE idx = ?"),
       recentRequests: s("SELECT idx, client_id, request_id FROM log WHERE idx > ? AND request_id IS NOT NULL ORDER BY idx"),
+      nextIndexedClient: s("SELECT client_id FROM request_index WHERE client_id > ? ORDER BY client_id LIMIT 1"),
+      highestIndexedRequest: s("SELECT max(request_id) AS highest FROM request_index WHERE client_id = ?"),
       // Sorted by key, so each client's index page is written once for all its entries of the chunk.
       moveRequests: s(`INSERT INTO request_index (client_id, request_id, idx)
         SELECT client_id, request_id, idx FROM log WHERE idx > ? AND idx <= ? AND request_id IS NOT NULL ORDER BY client_id, request_id`),
@@ -98,6 +106,7 @@ export class Store {
     this.undo = new UndoJournal(this.db, stateTableNames, this.last.index, undoEntriesMax);
     this.requestIndexUpTo = Number(this.getMeta(requestIndexKey) ?? "0");
     assert(Number.isSafeInteger(this.requestIndexUpTo) && this.requestIndexUpTo >= 0 && this.requestIndexUpTo <= this.last.index, `request index ${this.requestIndexUpTo} within the log`);
+    this.loadHighestRequestIds();
     this.loadRecentRequests();
     this.loadLogSummary();
   }
@@ -287,12 +296,28 @@ export class Store {
     }
   }
 
+  /** Per clientId in request_index, its highest request id: two index seeks per client. */
+  private loadHighestRequestIds(): void {
+    let row = this.statements.nextIndexedClient.get("") as { client_id: string } | undefined;
+    while (row) {
+      const { highest } = this.statements.highestIndexedRequest.get(row.client_id) as { highest: number };
+      this.highestRequestId.set(row.client_id, highest);
+      row = this.statements.nextIndexedClient.get(row.client_id) as { client_id: string } | undefined;
+    }
+  }
+
   /** Rebuilds the in-memory part from the log (opening, or after a write transaction failed). */
   private loadRecentRequests(): void {
     this.recentRequests.clear();
     for (const row of this.statements.recentRequests.iterate(this.requestIndexUpTo) as Iterable<{ idx: number; client_id: string; request_id: number }>) {
       this.recentRequests.set(requestKey(row.client_id, row.request_id), row.idx);
+      this.noteRequestId(row.client_id, row.request_id);
     }
+  }
+
+  /** Only ever raised: after a rollback or truncation it may be too high, which only costs a query. */
+  private noteRequestId(clientId: string, requestId: number): void {
+    if (requestId > (this.highestRequestId.get(clientId) ?? -Infinity)) this.highestRequestId.set(clientId, requestId);
   }
 
   /** Logs an entry and records it as applied (the caller applied it in the same transaction). */
@@ -313,6 +338,7 @@ export class Store {
       // The primary looked the request up before proposing it; a second entry for it is divergence.
       assert(!this.recentRequests.has(key), `request ${entry.requestId} of client ${entry.clientId} is logged once`);
       this.recentRequests.set(key, entry.index);
+      this.noteRequestId(entry.clientId, entry.requestId);
     }
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
@@ -353,6 +379,7 @@ export class Store {
 
   /** The entry and response of an earlier write with this (clientId, requestId), if the log holds one. */
   dedupLookup(clientId: string, requestId: number): DedupRecord | undefined {
+    if (requestId > (this.highestRequestId.get(clientId) ?? -Infinity)) return undefined;
     const recent = this.recentRequests.get(requestKey(clientId, requestId));
     const row = (recent !== undefined ? this.statements.dedupAt.get(recent) : this.statements.dedupGet.get(clientId, requestId)) as
       | { idx: number; body: string; response: string | null }

@@ -42,6 +42,10 @@ function buildLog(store: Store, posts: number): { key: [string, number]; index: 
     written.push({ key: [clientId, 1], index });
     return index;
   });
+  // A client whose ids do not increase: its lower id must still be found (the highest-id shortcut).
+  const [late] = propose([{ clientId: "client-hhhh", requestId: 50, command: { op: "register", username: "late", salt: "s", hash: "h", sessionId: "session-late", ts: 1 } }]);
+  const [early] = propose([{ clientId: "client-hhhh", requestId: 7, command: { op: "post", actor: late, channel: "general", body: "lower id", ts: 2 } }]);
+  written.push({ key: ["client-hhhh", 50], index: late }, { key: ["client-hhhh", 7], index: early });
   for (let done = 0; done < posts; ) {
     const batch = [];
     for (let k = 0; k < 25 && done < posts; k += 1, done += 1) {
@@ -77,6 +81,8 @@ describe("the exactly-once index", () => {
     expectAllFound(store, written);
     expect(store.dedupLookup("client-aaaa", 999_999)).toBeUndefined();
     expect(store.dedupLookup("client-zzzz", 2)).toBeUndefined();
+    expect(store.dedupLookup("client-hhhh", 8)).toBeUndefined();
+    expect(store.dedupLookup("client-hhhh", 51)).toBeUndefined();
     const sample = written[written.length - 1];
     expect(store.dedupLookup(...sample.key)).toMatchObject({ logIndex: sample.index, command: { op: "post" }, data: { message: { id: sample.index } } });
 
@@ -84,6 +90,7 @@ describe("the exactly-once index", () => {
     store.close();
     const reopened = open("requests.db");
     expectAllFound(reopened, written);
+    expect(reopened.dedupLookup("client-hhhh", 8)).toBeUndefined();
 
     // A truncation drops the requests of the dropped entries, and they can be logged again.
     const keep = reopened.lastIndex - 40;
