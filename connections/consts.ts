@@ -92,6 +92,12 @@ export const catchUpQuietMs = 20;
 export const logCacheEntriesMax = 4 * replicationBatchEntriesMax;
 /** Client writes grouped into one SQLite transaction. */
 export const groupCommitRequestsMax = 512;
+/**
+ * A primary's batch of at least this many writes is fsynced on libuv's thread pool, so its event
+ * loop goes on with the next requests and acks meanwhile. A smaller batch fsyncs inline: a lone
+ * write waits less than with the hop to the pool and back (docs/architecture.md §5.1).
+ */
+export const syncOffLoopBatchMin = 4;
 /** A member we cannot reach counts as dead (for elections) only after this long without contact; above the peer dial backoff. */
 export const unreachableGraceMs = 1000;
 /** A takeover that has not completed in this long is abandoned and retried. */

@@ -13,6 +13,7 @@ import {
   defaultChannels,
   freezeDetectMs,
   groupCommitRequestsMax,
+  syncOffLoopBatchMin,
   heartbeatIntervalMs,
   leaseMs,
   logCacheEntriesMax,
@@ -118,6 +119,10 @@ export class ConnectionManager {
   private backlogStartedAt: number | null = null;
   /** Proposals (a takeover's config, the bootstrap) made while the state was behind the log. */
   private deferredProposals: { epoch: number; batch: QueuedWrite[] }[] = [];
+  /** Batches committed without an fsync whose sync on the thread pool has not finished. */
+  private syncsInFlight = 0;
+  /** Bumped by a truncation: a sync that started before it says nothing about the entries after it. */
+  private logGeneration = 0;
 
   constructor(
     readonly self: Machine,
@@ -290,6 +295,7 @@ export class ConnectionManager {
       this.scheduleApply();
       return;
     }
+    const syncLater = batch.length >= syncOffLoopBatchMin;
     const proposals = this.store.proposeBatch(
       this.core.epoch,
       batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command })),
@@ -298,18 +304,37 @@ export class ConnectionManager {
         this.log.remember(entries);
         this.execute(this.core.onLocalProposed(entries, monotonicMs()));
       },
+      { syncLater },
     );
     for (const [position, proposal] of proposals.entries()) {
       const item = batch[position];
       if (!proposal.result.ok) item.resolve({ ok: false, code: proposal.result.code, message: proposal.result.message });
       else this.pendingWrites.push({ index: proposal.entry.index, data: proposal.result.data, effects: proposal.result.effects, resolve: item.resolve });
     }
-    this.execute(this.core.onLocalPersisted(this.store.lastIndex, monotonicMs()));
+    if (!syncLater) {
+      this.execute(this.core.onLocalPersisted(this.store.lastIndex, monotonicMs()));
+      return;
+    }
+    // Off the event loop: the next requests and the backups' acks are handled while it runs.
+    const index = this.store.lastIndex;
+    const generation = this.logGeneration;
+    this.syncsInFlight += 1;
+    this.store.syncLog((error) => {
+      this.syncsInFlight -= 1;
+      if (this.stopped) return;
+      // A failed fsync leaves the file's state unknown (it cannot be retried): stop, as for a crash.
+      if (error) throw error;
+      if (generation !== this.logGeneration) return;
+      this.execute(this.core.onLocalPersisted(index, monotonicMs()));
+    });
   }
 
   // ---- carrying out the core's actions ---------------------------------------
 
   private execute(actions: Action[]): void {
+    // A role change (a takeover counts the whole log as its own, a deposed primary reports its log to
+    // the next one) or a freeze sees the log as durable: finish any sync still on the thread pool first.
+    if (this.syncsInFlight > 0 && actions.some((action) => action.type === "role" || action.type === "frozen")) this.store.syncLogNow();
     for (const action of actions) {
       switch (action.type) {
         case "send":
@@ -328,6 +353,7 @@ export class ConnectionManager {
           break;
         }
         case "truncate": {
+          this.logGeneration += 1;
           const lastIndex = this.store.lastIndex;
           this.log.forget();
           const how = this.store.truncateAfter(action.afterIndex);

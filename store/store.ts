@@ -6,6 +6,7 @@
 // transactions, says how far the state tables go whenever they are behind the log.
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
+import { closeSync, fdatasync, fdatasyncSync, fstatSync, openSync, statSync } from "node:fs";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
 import { type ApplyResult, type Command, type ConfigCommand, type LogEntry } from "./commands.js";
@@ -58,8 +59,13 @@ export class Store {
    * is almost every write. One number per clientId the log has seen.
    */
   private readonly highestRequestId = new Map<string, number>();
+  /** Our own descriptor of the -wal file, for syncing a batch committed with synchronous=NORMAL off the event loop. */
+  private walFd: number | null = null;
+  private walChecks = 0;
+  private readonly durability: Durability;
 
   constructor(path: string, durability: Durability = "full") {
+    this.durability = durability;
     this.db = new Database(path);
     this.db.pragma("journal_mode = WAL");
     // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
@@ -153,7 +159,34 @@ export class Store {
   }
 
   close(): void {
+    if (this.walFd !== null) closeSync(this.walFd);
+    this.walFd = null;
     if (this.db.open) this.db.close();
+  }
+
+  /**
+   * Makes every commit so far durable, on libuv's thread pool, then calls `done`: for a batch
+   * proposed with `syncLater`. An fdatasync of the -wal file covers every frame written before it.
+   */
+  syncLog(done: (error: Error | null) => void): void {
+    fdatasync(this.wal(), done);
+  }
+
+  /** The same, on this thread, before returning. */
+  syncLogNow(): void {
+    fdatasyncSync(this.wal());
+  }
+
+  private wal(): number {
+    const walPath = `${this.db.name}-wal`;
+    if (this.walFd === null) {
+      this.walFd = openSync(walPath, "r");
+      this.walChecks = 0;
+    }
+    // SQLite keeps its -wal file while the connection is open. Check now and then that ours is it:
+    // a sync of some other file would be silent data loss.
+    if (this.walChecks++ % 1000 === 0) assert(fstatSync(this.walFd).ino === statSync(walPath).ino, "the -wal descriptor is SQLite's file");
+    return this.walFd;
   }
 
   // ---- primary path ----------------------------------------------------------
@@ -168,6 +201,7 @@ export class Store {
     epoch: number,
     commands: { clientId: string | null; requestId: number | null; command: Command }[],
     beforeCommit: (entries: LogEntry[]) => void = () => {},
+    options: { syncLater?: boolean } = {},
   ): Proposal[] {
     // A proposal is checked and applied against the state, so the state must reflect the whole log.
     assert(this.pendingApply === 0, `every logged entry is applied before proposing (${this.pendingApply} are not)`);
@@ -194,7 +228,16 @@ export class Store {
       beforeCommit(proposals.filter((p) => p.result.ok).map((p) => p.entry));
       this.moveRequestsToIndex();
     });
-    this.runWriting(run);
+    // syncLater: the COMMIT writes the WAL without an fsync, and the caller counts these entries as
+    // durable only once syncLog (or any later commit with synchronous=FULL) has synced the file.
+    // A checkpoint syncs the WAL before copying from it, in NORMAL as in FULL.
+    const deferSync = options.syncLater === true && this.durability === "full";
+    if (deferSync) this.db.pragma("synchronous = NORMAL");
+    try {
+      this.runWriting(run);
+    } finally {
+      if (deferSync) this.db.pragma("synchronous = FULL");
+    }
     return proposals;
   }
 
