@@ -334,7 +334,10 @@ export class ConnectionManager {
   private execute(actions: Action[]): void {
     // A role change (a takeover counts the whole log as its own, a deposed primary reports its log to
     // the next one) or a freeze sees the log as durable: finish any sync still on the thread pool first.
-    if (this.syncsInFlight > 0 && actions.some((action) => action.type === "role" || action.type === "frozen")) this.store.syncLogNow();
+    if (this.syncsInFlight > 0 && actions.some((action) => action.type === "role" || action.type === "frozen")) {
+      this.store.syncLogNow();
+      this.logger.info({ syncsInFlight: this.syncsInFlight }, "finished the log syncs still running before a role change");
+    }
     for (const action of actions) {
       switch (action.type) {
         case "send":

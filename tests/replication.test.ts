@@ -274,6 +274,53 @@ suite("replication scenarios", () => {
     console.log(`S5 ${describe(report)}`);
   });
 
+  it("S5c: a batch fsynced off the event loop is acknowledged only after that sync, and a role change finishes the syncs still running", async () => {
+    // Goal: the primary's off-loop fsync (docs/architecture.md §5) holds its acknowledgements back,
+    // and a primary frozen while such a sync runs finishes it before it acts on the freeze.
+    // Method: every server loads a plant that makes each off-loop sync 1.5 s slow (a slow disk).
+    // 16 posts sent in one write form one batch: each is acknowledged no sooner than 1.5 s after it
+    // was sent. Then the primary is frozen 100 ms into such a batch's sync, until another server
+    // leads, and resumed: it must log that it finished the sync, answer none of those posts, and rejoin.
+    const slowMs = 1500;
+    cluster = await TestCluster.create({
+      servers: 3,
+      nodeArgs: ["--import", new URL("./fault/plant.ts", import.meta.url).pathname],
+      env: { ...process.env, CHATPLUS_PLANT: "slow-sync", CHATPLUS_SLOW_SYNC_MS: String(slowMs) } as Record<string, string>,
+    });
+    const c = cluster;
+    await c.startAll();
+    const old = await c.waitForPrimary();
+    const client = await c.client(old);
+    await client.ok("hello", { clientId: "s7-burst-client" });
+    await client.ok("register", { username: "s7writer", password: "password123" });
+    const burst = (tag: string, timeoutMs: number) => {
+      const sentAt = performance.now();
+      client.socket.cork();
+      const replies = Array.from({ length: 16 }, (_, i) =>
+        client.request("post", { channel: "general", body: `${tag} ${i}` }, timeoutMs).then(
+          (frame) => ({ ok: frame.type === "ok", ms: performance.now() - sentAt }),
+          () => undefined,
+        ),
+      );
+      client.socket.uncork();
+      return Promise.all(replies);
+    };
+    for (const reply of await burst("s7-first", 10000)) {
+      expect(reply?.ok).toBe(true);
+      expect(reply!.ms).toBeGreaterThanOrEqual(slowMs);
+    }
+
+    const second = burst("s7-second", 8000);
+    await sleep(100);
+    await c.signal(old, "SIGSTOP");
+    const next = await c.waitForPrimary(10000, [1, 2, 3].filter((id) => id !== old));
+    await c.signal(old, "SIGCONT");
+    for (const reply of await second) expect(reply?.ok ?? false, "the frozen primary answered a post").toBe(false);
+    expect(next).not.toBe(old);
+    await waitUntil("the resumed primary finished its pending sync", () => /finished the log syncs still running before a role change/.test(c.readLog(old)), 5000);
+    await c.waitForInSync([1, 2, 3]);
+  });
+
   it("S6: a 4th server added to a loaded cluster catches up, joins, and counts toward fault tolerance", async () => {
     // Goal: live membership growth. Method: writers run while server 4 (in the config, not an
     // initial member) starts; once it is in the in-sync set, kill two of the original three.

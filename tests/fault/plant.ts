@@ -1,4 +1,4 @@
-// Planted bugs for showing that the fault suite's checker can fail. Loaded into a server process with
+// Planted bugs for showing that the fault suite's checker can fail, and a slow disk. Loaded into a server process with
 // `node --import tsx --import ./tests/fault/plant.ts server.ts ...` and chosen by CHATPLUS_PLANT.
 // Production code has no hook for this: the module patches the real classes in place.
 import { ConnectionManager } from "../../connections/manager.js";
@@ -22,6 +22,15 @@ if (plant === "no-dedup") {
   prototype.propose = function (this: { pendingWrites: Pending[] }, batch: unknown) {
     original.call(this, batch);
     for (const pending of this.pendingWrites.splice(0)) pending.resolve({ ok: true, index: pending.index, data: pending.data });
+  };
+} else if (plant === "slow-sync") {
+  // Not a bug: a slow disk. Every fsync the primary runs off its event loop takes
+  // CHATPLUS_SLOW_SYNC_MS longer, so a test can see what waits for it.
+  const delayMs = Number(process.env.CHATPLUS_SLOW_SYNC_MS ?? "500");
+  const prototype = Store.prototype as unknown as { syncLog: (done: (error: Error | null) => void) => void };
+  const original = prototype.syncLog;
+  prototype.syncLog = function (this: unknown, done: (error: Error | null) => void) {
+    setTimeout(() => original.call(this, done), delayMs);
   };
 } else if (plant !== undefined) {
   throw new Error(`unknown CHATPLUS_PLANT ${plant}`);
