@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE INDEX IF NOT EXISTS log_kind ON log(kind, idx) WHERE kind != 'command';
 -- Exactly-once: a retried (client id, request id) finds its original entry, and its response, through
 -- this index. It lags the log on purpose: the Store keeps the newest requests in memory and moves
--- them here in chunks of committed entries, sorted by key. Indexing each write as it is logged dirtied
+-- them here in chunks of committed entries (a catch-up's at once). Indexing each write as it is logged dirtied
 -- one page of this B-tree per client per commit; a chunk touches each client's page once.
 CREATE TABLE IF NOT EXISTS request_index (
   client_id  TEXT    NOT NULL,
