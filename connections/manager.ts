@@ -295,7 +295,7 @@ export class ConnectionManager {
       this.scheduleApply();
       return;
     }
-    const syncLater = batch.length >= syncOffLoopBatchMin;
+    const syncLater = batch.length >= syncOffLoopBatchMin && this.store.durability === "full";
     const proposals = this.store.proposeBatch(
       this.core.epoch,
       batch.map((item) => ({ clientId: item.clientId, requestId: item.requestId, command: item.command })),

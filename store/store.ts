@@ -62,11 +62,15 @@ export class Store {
   /** Our own descriptor of the -wal file, for syncing a batch committed with synchronous=NORMAL off the event loop. */
   private walFd: number | null = null;
   private walChecks = 0;
-  private readonly durability: Durability;
+  private readonly walPath: string;
 
-  constructor(path: string, durability: Durability = "full") {
-    this.durability = durability;
+  constructor(
+    path: string,
+    /** "normal" never fsyncs a commit (benchmarks only), so it has nothing to sync later either. */
+    readonly durability: Durability = "full",
+  ) {
     this.db = new Database(path);
+    this.walPath = `${path}-wal`;
     this.db.pragma("journal_mode = WAL");
     // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
     // process crash. "normal" exists only as an explicit, documented benchmark option.
@@ -98,6 +102,8 @@ export class Store {
       moveRequests: s("INSERT INTO request_index (client_id, request_id, idx) SELECT client_id, request_id, idx FROM log WHERE idx > ? AND idx <= ? AND request_id IS NOT NULL"),
       // Prepared once: db.exec would compile these on every command of every batch.
       savepoint: s("SAVEPOINT command"),
+      syncNormal: s("PRAGMA synchronous = NORMAL"),
+      syncFull: s("PRAGMA synchronous = FULL"),
       release: s("RELEASE command"),
       rollbackTo: s("ROLLBACK TO command"),
       metaGet: s("SELECT value FROM meta WHERE key = ?"),
@@ -179,7 +185,7 @@ export class Store {
   }
 
   private wal(): number {
-    const walPath = `${this.db.name}-wal`;
+    const walPath = this.walPath;
     if (this.walFd === null) {
       this.walFd = openSync(walPath, "r");
       this.walChecks = 0;
@@ -232,12 +238,13 @@ export class Store {
     // syncLater: the COMMIT writes the WAL without an fsync, and the caller counts these entries as
     // durable only once syncLog (or any later commit with synchronous=FULL) has synced the file.
     // A checkpoint syncs the WAL before copying from it, in NORMAL as in FULL.
-    const deferSync = options.syncLater === true && this.durability === "full";
-    if (deferSync) this.db.pragma("synchronous = NORMAL");
+    const syncLater = options.syncLater === true;
+    assert(!syncLater || this.durability === "full", "a batch is synced later only where commits fsync");
+    if (syncLater) this.statements.syncNormal.run();
     try {
       this.runWriting(run);
     } finally {
-      if (deferSync) this.db.pragma("synchronous = FULL");
+      if (syncLater) this.statements.syncFull.run();
     }
     return proposals;
   }
@@ -395,15 +402,17 @@ export class Store {
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
     this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command), response);
-    if (indexNow && entry.clientId !== null && entry.requestId !== null) {
-      this.noteRequestId(entry.clientId, entry.requestId);
-    } else if (entry.clientId !== null && entry.requestId !== null && entry.index > this.requestIndexUpTo) {
-      // (Not above: a replay rewrites entries request_index already holds.)
-      const key = requestKey(entry.clientId, entry.requestId);
-      // The primary looked the request up before proposing it; a second entry for it is divergence.
-      assert(!this.recentRequests.has(key), `request ${entry.requestId} of client ${entry.clientId} is logged once`);
-      this.recentRequests.set(key, entry.index);
-      this.noteRequestId(entry.clientId, entry.requestId);
+    if (hasRequestId(entry)) {
+      const clientId = entry.clientId!;
+      const requestId = entry.requestId!;
+      // Held in memory unless it goes to request_index now, or is there already (a replay rewrites those).
+      if (!indexNow && entry.index > this.requestIndexUpTo) {
+        const key = requestKey(clientId, requestId);
+        // The primary looked the request up before proposing it; a second entry for it is divergence.
+        assert(!this.recentRequests.has(key), `request ${requestId} of client ${clientId} is logged once`);
+        this.recentRequests.set(key, entry.index);
+      }
+      this.noteRequestId(clientId, requestId);
     }
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
