@@ -191,6 +191,8 @@ describe("replaying the log", () => {
         replayInto(undone, all.slice(keep));
         expect(undone.stateDigest(), `state after re-applying ${keep + 1}..${all.length}`).toBe(first.stateDigest());
       }
+      // The journal is memory only (undo.ts): TEMP tables in a temporary file would be written by every commit.
+      expect(undone.db.pragma("temp_store", { simple: true }), "temp_store is MEMORY").toBe(2);
       const undonePath = undone.db.name;
       undone.close();
       const reopened = open(undonePath);
