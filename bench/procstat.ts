@@ -1,7 +1,9 @@
-// CPU and memory of processes, read from /proc (Linux only): per-PID CPU time (utime + stime, all
-// threads) and resident memory (VmRSS), plus whole-machine CPU from /proc/stat.
+// CPU, memory and disk writes of processes, read from /proc (Linux only): per-PID CPU time (utime +
+// stime, all threads), resident memory (VmRSS) and bytes written to storage, plus whole-machine CPU
+// from /proc/stat and the data disk's counters from /sys/dev/block.
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { benchSampleIntervalMs } from "./consts.js";
 
 let clockTicksPerSecond: number | undefined;
@@ -40,6 +42,44 @@ export function processRssMb(pid: number): number | undefined {
   }
 }
 
+/** Bytes a process has caused to be written to storage so far (/proc/<pid>/io write_bytes), or undefined. */
+export function processWrittenBytes(pid: number): number | undefined {
+  try {
+    const match = /^write_bytes: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Counters of the block device holding `dir` (/sys/dev/block/<major>:<minor>/stat), or undefined. */
+type DeviceCounters = { writes: number; writeMs: number; flushes: number; flushMs: number; busyMs: number };
+
+function deviceCounters(dir: string): DeviceCounters | undefined {
+  try {
+    const dev = statSync(dir).dev;
+    const major = (dev >> 8) & 0xfff;
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    const fields = readFileSync(`/sys/dev/block/${major}:${minor}/stat`, "utf8").trim().split(/\s+/).map(Number);
+    // Documentation/block/stat.rst: writes completed 4, write ticks 7, io_ticks 9, flushes 15, flush ticks 16.
+    if (fields.length < 17) return undefined;
+    return { writes: fields[4], writeMs: fields[7], busyMs: fields[9], flushes: fields[15], flushMs: fields[16] };
+  } catch {
+    return undefined;
+  }
+}
+
+/** What the disk holding the servers' data did during a window, as the kernel's block layer saw it. */
+export type DiskUsage = {
+  writesPerSecond: number;
+  /** Mean time from queueing a write to its completion. */
+  msPerWrite: number;
+  flushesPerSecond: number;
+  msPerFlush: number;
+  /** Share of the window with at least one request in flight. */
+  busyPercent: number;
+};
+
 /** Busy and total jiffies of the whole machine (all cores). */
 function machineJiffies(): { busy: number; total: number } {
   const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
@@ -49,13 +89,23 @@ function machineJiffies(): { busy: number; total: number } {
   return { busy: total - idle, total };
 }
 
-export type ProcessUsage = { label: string; pid: number; cpuPercent: number; rssMb: number; rssMaxMb: number };
+export type ProcessUsage = {
+  label: string;
+  pid: number;
+  cpuPercent: number;
+  rssMb: number;
+  rssMaxMb: number;
+  /** KB per second the process caused to be written to storage (optional: reports saved before it existed). */
+  writtenKbPerSecond?: number;
+};
 export type UsageReport = {
   processes: ProcessUsage[];
   /** Whole machine, 100% = one core busy (so 2 cores = 200%). */
   machineCpuPercent: number;
   /** This (load generator) process. */
   benchCpuPercent: number;
+  /** The block device under the servers' data (absent where /sys does not tell). */
+  disk?: DiskUsage;
 };
 
 /**
@@ -64,13 +114,19 @@ export type UsageReport = {
  */
 export class UsageSampler {
   private cpuStart = new Map<number, number>();
+  private writtenStart = new Map<number, number>();
+  private deviceStart: DeviceCounters | undefined;
   private rssMax = new Map<number, number>();
   private startedAt = 0;
   private machineStart = { busy: 0, total: 0 };
   private benchStart: NodeJS.CpuUsage = { user: 0, system: 0 };
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly targets: { label: string; pid: number }[]) {}
+  constructor(
+    private readonly targets: { label: string; pid: number }[],
+    /** A directory on the servers' file system (the bench keeps their data under os.tmpdir()). */
+    private readonly dataDir = tmpdir(),
+  ) {}
 
   start(): void {
     this.startedAt = performance.now();
@@ -79,7 +135,9 @@ export class UsageSampler {
     for (const { pid } of this.targets) {
       this.cpuStart.set(pid, processCpuSeconds(pid) ?? 0);
       this.rssMax.set(pid, processRssMb(pid) ?? 0);
+      this.writtenStart.set(pid, processWrittenBytes(pid) ?? NaN);
     }
+    this.deviceStart = deviceCounters(this.dataDir);
     this.timer = setInterval(() => this.sampleRss(), benchSampleIntervalMs);
   }
 
@@ -104,11 +162,24 @@ export class UsageSampler {
         cpuPercent: cpu === undefined ? NaN : ((cpu - (this.cpuStart.get(pid) ?? 0)) / seconds) * 100,
         rssMb: processRssMb(pid) ?? NaN,
         rssMaxMb: this.rssMax.get(pid) ?? NaN,
+        writtenKbPerSecond: ((processWrittenBytes(pid) ?? NaN) - (this.writtenStart.get(pid) ?? NaN)) / 1024 / seconds,
       };
     });
+    const device = deviceCounters(this.dataDir);
+    const start = this.deviceStart;
+    const disk =
+      device && start
+        ? {
+            writesPerSecond: (device.writes - start.writes) / seconds,
+            msPerWrite: (device.writeMs - start.writeMs) / Math.max(1, device.writes - start.writes),
+            flushesPerSecond: (device.flushes - start.flushes) / seconds,
+            msPerFlush: (device.flushMs - start.flushMs) / Math.max(1, device.flushes - start.flushes),
+            busyPercent: ((device.busyMs - start.busyMs) / 1000 / seconds) * 100,
+          }
+        : undefined;
     const cores = (machine.total - this.machineStart.total) / (clockTicks() * seconds);
     const machineCpuPercent = ((machine.busy - this.machineStart.busy) / (machine.total - this.machineStart.total)) * cores * 100;
-    return { processes, machineCpuPercent, benchCpuPercent: ((bench.user + bench.system) / 1e6 / seconds) * 100 };
+    return { processes, machineCpuPercent, benchCpuPercent: ((bench.user + bench.system) / 1e6 / seconds) * 100, disk };
   }
 }
 

@@ -250,6 +250,34 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
     out.push("");
     out.push(table(["clients", "writes per second, second by second"], results.levels.map((level) => [String(level.concurrency), level.perSecond.map((count) => thousands(count)).join(", ")])));
     out.push("");
+    // Reports saved before the disk columns existed have no written bytes: they get no table.
+    const withDisk = results.levels.filter((level) => level.usage.processes.some((process) => process.writtenKbPerSecond !== undefined));
+    if (withDisk.length > 0) {
+      out.push(
+        "The disk in the same windows: what each server caused to be written to storage (`write_bytes` in /proc/<pid>/io: its WAL, checkpoints into its database file), " +
+          "per acknowledged write, and the block device's own counters (/sys/dev/block/…/stat; every server's data is on it). A commit's fsync waits for its writes to complete, so the time per device write is part of every write's latency.",
+      );
+      out.push("");
+      out.push(
+        table(
+          ["clients", ...[1, 2, 3].map((id) => `server ${id} KB written per write`), "device writes/s", "ms per device write", "flushes/s", "ms per flush", "device busy"],
+          withDisk.map((level) => {
+            const disk = level.usage.disk;
+            return [
+              String(level.concurrency),
+              ...[1, 2, 3].map((id) => {
+                const usage = level.usage.processes.find((process) => process.label === `server ${id}`);
+                return usage?.writtenKbPerSecond === undefined || !(level.writesPerSecond > 0) ? "n/a" : fixed(usage.writtenKbPerSecond / level.writesPerSecond, 1);
+              }),
+              ...(disk
+                ? [thousands(disk.writesPerSecond), fixed(disk.msPerWrite, 3), thousands(disk.flushesPerSecond), fixed(disk.msPerFlush, 3), `${fixed(disk.busyPercent)}%`]
+                : ["n/a", "n/a", "n/a", "n/a", "n/a"]),
+            ];
+          }),
+        ),
+      );
+      out.push("");
+    }
   } else {
     out.push("No load levels were run.");
     out.push("");

@@ -35,6 +35,9 @@ describe("benchmark smoke run", () => {
     expect(report).toMatch(/^\| 1 \| [\d,]+ \|/m);
     expect(report).toMatch(/^\| 16 \| [\d,]+ \|/m);
     expect(report).toContain("## Targets");
+    // The disk table: each server wrote something for every acknowledged write (its WAL at least).
+    const diskTable = report.slice(report.indexOf("| clients | server 1 KB written per write |"));
+    expect(diskTable).toMatch(/^\| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|/m);
     expect(report).toContain("loopback TCP round trip");
     expect(report).toContain('<img src="performance.svg"');
     expect(existsSync(join(outDir, "performance.svg"))).toBe(true);
