@@ -55,8 +55,12 @@ export class ClientService {
   private server: net.Server | undefined;
   private readonly connections = new Set<ClientConnection>();
   private readonly online = new Map<number, Set<ClientConnection>>();
+  /** The lower-cased names of the same users (names are unique ignoring case): a DM learns whether its recipient is online without a query. */
+  private readonly onlineNames = new Set<string>();
   private readonly queries: Queries;
   private readonly membersStatement;
+  /** Pushes read channel memberships in one read transaction per commit, not one implicit one per post. */
+  private readonly pushInReadTransaction;
   private lastTs = 0;
 
   constructor(
@@ -66,6 +70,7 @@ export class ClientService {
   ) {
     this.queries = new Queries(manager.store.db);
     this.membersStatement = manager.store.db.prepare("SELECT user_id FROM memberships WHERE channel_id = ?");
+    this.pushInReadTransaction = manager.store.db.transaction((committed: { index: number; effects: Effect[] }[]) => this.pushNow(committed));
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -90,14 +95,27 @@ export class ClientService {
     }
     this.connections.clear();
     this.online.clear();
+    this.onlineNames.clear();
   }
 
   /** Pushes the events of committed entries to the online sessions they concern. */
   push(committed: { index: number; effects: Effect[] }[]): void {
     if (this.online.size === 0) return;
+    this.pushInReadTransaction(committed);
+  }
+
+  private pushNow(committed: { index: number; effects: Effect[] }[]): void {
+    // A batch often posts to the same channel several times: its members are read once.
+    const membersOf = new Map<number, number[]>();
     for (const { index, effects } of committed) {
       for (const effect of effects) {
-        const users = "users" in effect.audience ? effect.audience.users : this.channelMembers(effect.audience.channelId);
+        let users: number[];
+        if ("users" in effect.audience) users = effect.audience.users;
+        else {
+          const channelId = effect.audience.channelId;
+          users = membersOf.get(channelId) ?? this.channelMembers(channelId);
+          membersOf.set(channelId, users);
+        }
         // Encoded at most once, however many sessions receive it.
         let line: string | undefined;
         for (const userId of users) {
@@ -222,8 +240,7 @@ export class ClientService {
       case "delete_account":
         return this.deleteAccount(connection, session, request.password, request.id);
       case "send_dm": {
-        const recipient = this.queries.userByName(request.to);
-        const delivered = recipient !== undefined && (this.online.get(recipient.id)?.size ?? 0) > 0;
+        const delivered = this.onlineNames.has(request.to.toLowerCase());
         return this.write(connection, request.id, { op: "send_dm", actor: session.userId, to: request.to, body: request.body, ts: this.now(), delivered });
       }
       case "read_undelivered":
@@ -349,6 +366,7 @@ export class ClientService {
     let sessions = this.online.get(found.userId);
     if (!sessions) this.online.set(found.userId, (sessions = new Set()));
     sessions.add(connection);
+    this.onlineNames.add(found.username.toLowerCase());
     const { sessionId: _hidden, ...rest } = data;
     void _hidden;
     // Pushes start with the entry after `seq`; events_since(seq) fills any gap a reconnect left.
@@ -373,7 +391,10 @@ export class ClientService {
     connection.session = null;
     const sessions = this.online.get(session.userId);
     sessions?.delete(connection);
-    if (sessions && sessions.size === 0) this.online.delete(session.userId);
+    if (sessions && sessions.size === 0) {
+      this.online.delete(session.userId);
+      this.onlineNames.delete(session.username.toLowerCase());
+    }
   }
 }
 
