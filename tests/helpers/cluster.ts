@@ -246,16 +246,23 @@ export class TestCluster {
     throw new Error(`no primary within ${timeoutMs} ms`);
   }
 
-  /** Waits until every listed server is in the in-sync set (as reported by the primary's config), caught up, and has applied its whole log. */
+  /**
+   * Waits until every listed server is in the in-sync set (as reported by the primary's config), caught
+   * up, and has applied its log: each has logged and applied at least what the primary held just before
+   * it was asked. With no writes running, that is the primary's whole log. With writes running, the
+   * servers' last indexes rarely match at one instant; what the primary held a moment earlier does not move.
+   */
   async waitForInSync(ids: number[], timeoutMs = 20000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let last = "";
     while (Date.now() < deadline) {
       const primary = await this.waitForPrimary(timeoutMs);
-      const statuses = await Promise.all(ids.map((id) => this.status(id)));
       const primaryStatus = await this.status(primary);
+      const statuses = await Promise.all(ids.map((id) => this.status(id)));
       last = JSON.stringify(statuses);
-      if (primaryStatus && statuses.every((status) => status && (status.role === "backup" || status.role === "primary") && status.lastIndex === primaryStatus.lastIndex && status.appliedIndex === status.lastIndex)) {
+      const caughtUp = (status: (typeof statuses)[number]) =>
+        status !== undefined && primaryStatus !== undefined && (status.role === "backup" || status.role === "primary") && status.lastIndex >= primaryStatus.lastIndex && status.appliedIndex >= primaryStatus.lastIndex && status.appliedIndex === status.lastIndex;
+      if (primaryStatus && statuses.every(caughtUp)) {
         const members = this.membersFromLog(primary);
         if (ids.every((id) => members.includes(id))) return;
       }
