@@ -1,6 +1,6 @@
 // CPU, memory and disk writes of processes, read from /proc (Linux only): per-PID CPU time (utime +
-// stime, all threads), resident memory (VmRSS) and bytes written to storage, plus whole-machine CPU
-// from /proc/stat and the data disk's counters from /sys/dev/block.
+// stime, all threads), resident memory (VmRSS), bytes written to storage and the main thread's wait
+// for a core, plus whole-machine CPU from /proc/stat and the data disk's counters from /sys/dev/block.
 import { execFileSync } from "node:child_process";
 import { readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -52,6 +52,19 @@ export function processWrittenBytes(pid: number): number | undefined {
   }
 }
 
+/**
+ * Nanoseconds a process's main thread has spent waiting on a run queue (runnable, but no core free),
+ * from /proc/<pid>/schedstat, or undefined. The main thread is the event loop.
+ */
+export function processRunDelayNs(pid: number): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/schedstat`, "utf8").trim().split(/\s+/);
+    return fields.length >= 2 ? Number(fields[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Counters of the block device holding `dir` (/sys/dev/block/<major>:<minor>/stat), or undefined. */
 type DeviceCounters = { writes: number; writeMs: number; flushes: number; flushMs: number; busyMs: number };
 
@@ -97,6 +110,8 @@ export type ProcessUsage = {
   rssMaxMb: number;
   /** KB per second the process caused to be written to storage (optional: reports saved before it existed). */
   writtenKbPerSecond?: number;
+  /** Share of the window its main thread was runnable but waiting for a core (optional, as above). */
+  runQueueWaitPercent?: number;
 };
 export type UsageReport = {
   processes: ProcessUsage[];
@@ -115,6 +130,7 @@ export type UsageReport = {
 export class UsageSampler {
   private cpuStart = new Map<number, number>();
   private writtenStart = new Map<number, number>();
+  private runDelayStart = new Map<number, number>();
   private deviceStart: DeviceCounters | undefined;
   private rssMax = new Map<number, number>();
   private startedAt = 0;
@@ -136,6 +152,7 @@ export class UsageSampler {
       this.cpuStart.set(pid, processCpuSeconds(pid) ?? 0);
       this.rssMax.set(pid, processRssMb(pid) ?? 0);
       this.writtenStart.set(pid, processWrittenBytes(pid) ?? NaN);
+      this.runDelayStart.set(pid, processRunDelayNs(pid) ?? NaN);
     }
     this.deviceStart = deviceCounters(this.dataDir);
     this.timer = setInterval(() => this.sampleRss(), benchSampleIntervalMs);
@@ -163,6 +180,7 @@ export class UsageSampler {
         rssMb: processRssMb(pid) ?? NaN,
         rssMaxMb: this.rssMax.get(pid) ?? NaN,
         writtenKbPerSecond: ((processWrittenBytes(pid) ?? NaN) - (this.writtenStart.get(pid) ?? NaN)) / 1024 / seconds,
+        runQueueWaitPercent: (((processRunDelayNs(pid) ?? NaN) - (this.runDelayStart.get(pid) ?? NaN)) / 1e9 / seconds) * 100,
       };
     });
     const device = deviceCounters(this.dataDir);

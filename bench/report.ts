@@ -254,13 +254,14 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
     const withDisk = results.levels.filter((level) => level.usage.processes.some((process) => process.writtenKbPerSecond !== undefined));
     if (withDisk.length > 0) {
       out.push(
-        "The disk in the same windows: what each server caused to be written to storage (`write_bytes` in /proc/<pid>/io: its WAL, checkpoints into its database file), " +
-          "per acknowledged write, and the block device's own counters (/sys/dev/block/…/stat; every server's data is on it). A commit's fsync waits for its writes to complete, so the time per device write is part of every write's latency.",
+        "The disk and the cores in the same windows: what each server caused to be written to storage (`write_bytes` in /proc/<pid>/io: its WAL, checkpoints into its database file) " +
+          "per acknowledged write; the block device's own counters (/sys/dev/block/…/stat; every server's data is on it), where a commit's fsync waits for its writes to complete; " +
+          "and how much of the window each server's event loop was ready to run but waited for a core (run-queue delay of its main thread, /proc/<pid>/schedstat).",
       );
       out.push("");
       out.push(
         table(
-          ["clients", ...[1, 2, 3].map((id) => `server ${id} KB written per write`), "device writes/s", "ms per device write", "flushes/s", "ms per flush", "device busy"],
+          ["clients", ...[1, 2, 3].map((id) => `server ${id} KB written per write`), "device writes/s", "ms per device write", "flushes/s", "ms per flush", "device busy", ...[1, 2, 3].map((id) => `server ${id} waiting for a core`)],
           withDisk.map((level) => {
             const disk = level.usage.disk;
             return [
@@ -272,6 +273,10 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
               ...(disk
                 ? [thousands(disk.writesPerSecond), fixed(disk.msPerWrite, 3), thousands(disk.flushesPerSecond), fixed(disk.msPerFlush, 3), `${fixed(disk.busyPercent)}%`]
                 : ["n/a", "n/a", "n/a", "n/a", "n/a"]),
+              ...[1, 2, 3].map((id) => {
+                const wait = level.usage.processes.find((process) => process.label === `server ${id}`)?.runQueueWaitPercent;
+                return wait === undefined ? "n/a" : `${fixed(wait)}%`;
+              }),
             ];
           }),
         ),
