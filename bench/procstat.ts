@@ -22,11 +22,17 @@ export function clockTicks(): number {
 
 /** CPU seconds (user + system) a process has used so far, or undefined if it is gone. */
 export function processCpuSeconds(pid: number): number | undefined {
+  const stat = readProc(`/proc/${pid}/stat`);
+  if (stat === undefined) return undefined;
+  // The command name (field 2) may contain spaces; fields after it are fixed. utime and stime are fields 14 and 15.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+}
+
+/** A /proc or /sys file's text, or undefined if it cannot be read (the process is gone, or Linux does not offer it). */
+function readProc(path: string): string | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The command name (field 2) may contain spaces; fields after it are fixed. utime and stime are fields 14 and 15.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+    return readFileSync(path, "utf8");
   } catch {
     return undefined;
   }
@@ -34,22 +40,14 @@ export function processCpuSeconds(pid: number): number | undefined {
 
 /** Resident set size in MB, or undefined if the process is gone. */
 export function processRssMb(pid: number): number | undefined {
-  try {
-    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return match ? Number(match[1]) / 1024 : undefined;
-  } catch {
-    return undefined;
-  }
+  const match = /VmRSS:\s+(\d+) kB/.exec(readProc(`/proc/${pid}/status`) ?? "");
+  return match ? Number(match[1]) / 1024 : undefined;
 }
 
 /** Bytes a process has caused to be written to storage so far (/proc/<pid>/io write_bytes), or undefined. */
 export function processWrittenBytes(pid: number): number | undefined {
-  try {
-    const match = /^write_bytes: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, "utf8"));
-    return match ? Number(match[1]) : undefined;
-  } catch {
-    return undefined;
-  }
+  const match = /^write_bytes: (\d+)$/m.exec(readProc(`/proc/${pid}/io`) ?? "");
+  return match ? Number(match[1]) : undefined;
 }
 
 /**
@@ -57,12 +55,8 @@ export function processWrittenBytes(pid: number): number | undefined {
  * from /proc/<pid>/schedstat, or undefined. The main thread is the event loop.
  */
 export function processRunDelayNs(pid: number): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/schedstat`, "utf8").trim().split(/\s+/);
-    return fields.length >= 2 ? Number(fields[1]) : undefined;
-  } catch {
-    return undefined;
-  }
+  const fields = readProc(`/proc/${pid}/schedstat`)?.trim().split(/\s+/);
+  return fields !== undefined && fields.length >= 2 ? Number(fields[1]) : undefined;
 }
 
 /** Counters of the block device holding `dir` (/sys/dev/block/<major>:<minor>/stat), or undefined. */
@@ -73,7 +67,7 @@ function deviceCounters(dir: string): DeviceCounters | undefined {
     const dev = statSync(dir).dev;
     const major = (dev >> 8) & 0xfff;
     const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    const fields = readFileSync(`/sys/dev/block/${major}:${minor}/stat`, "utf8").trim().split(/\s+/).map(Number);
+    const fields = (readProc(`/sys/dev/block/${major}:${minor}/stat`) ?? "").trim().split(/\s+/).map(Number);
     // Documentation/block/stat.rst: writes completed 4, write ticks 7, io_ticks 9, flushes 15, flush ticks 16.
     if (fields.length < 17) return undefined;
     return { writes: fields[4], writeMs: fields[7], busyMs: fields[9], flushes: fields[15], flushMs: fields[16] };
@@ -209,12 +203,8 @@ export type MemoryBreakdown = Record<string, number>;
  * and native addons, SQLite's WAL index (-shm) and other files.
  */
 export function memoryBreakdown(pid: number): MemoryBreakdown | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/smaps`, "utf8");
-  } catch {
-    return undefined;
-  }
+  const text = readProc(`/proc/${pid}/smaps`);
+  if (text === undefined) return undefined;
   const totals: MemoryBreakdown = {};
   let category = "anonymous (V8 heap, malloc arenas, stacks)";
   for (const line of text.split("\n")) {

@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import { Replica, type Action, type LogView } from "../core/replica.js";
 import type { PeerMessage } from "../core/messages.js";
 import { sameRequest, type Command, type ConfigCommand, type Effect, type LogEntry } from "../store/commands.js";
-import type { Store } from "../store/store.js";
+import { requestKey, type Store } from "../store/store.js";
 import { monotonicMs } from "../utils.js";
 import {
   catchUpQuietMs,
@@ -221,7 +221,7 @@ export class ConnectionManager {
         if (previous.logIndex <= this.core.committed) return Promise.resolve({ ok: true, index: previous.logIndex, data: previous.data });
         return new Promise((resolve) => this.waitingDedup.push({ index: previous.logIndex, data: previous.data, resolve }));
       }
-      const queued = this.queuedByKey.get(`${clientId}\u0000${requestId}`);
+      const queued = this.queuedByKey.get(requestKey(clientId, requestId));
       if (queued && !sameRequest(queued.command, command)) {
         return Promise.resolve({ ok: false, code: errorCodes.BAD_REQUEST, message: `request id ${requestId} is in use by this client for a different request` });
       }
@@ -238,7 +238,7 @@ export class ConnectionManager {
     return new Promise((resolve) => {
       const item = { clientId, requestId, command, resolve };
       this.queue.push(item);
-      if (clientId !== null && requestId !== null) this.queuedByKey.set(`${clientId}\u0000${requestId}`, item);
+      if (clientId !== null && requestId !== null) this.queuedByKey.set(requestKey(clientId, requestId), item);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -275,7 +275,7 @@ export class ConnectionManager {
       return;
     }
     const batch = this.queue.splice(0, groupCommitRequestsMax);
-    for (const item of batch) if (item.clientId !== null && item.requestId !== null) this.queuedByKey.delete(`${item.clientId}\u0000${item.requestId}`);
+    for (const item of batch) if (item.clientId !== null && item.requestId !== null) this.queuedByKey.delete(requestKey(item.clientId, item.requestId));
     if (this.queue.length > 0) {
       this.flushScheduled = true;
       setImmediate(() => this.flush());

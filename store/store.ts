@@ -598,7 +598,8 @@ function decodeResponse(command: Command, stored: string): Record<string, unknow
   return data;
 }
 
-function requestKey(clientId: string, requestId: number): string {
+/** The key of a (clientId, requestId) pair in in-memory maps (here and in the manager's queue). */
+export function requestKey(clientId: string, requestId: number): string {
   return `${clientId}\u0000${requestId}`;
 }
 

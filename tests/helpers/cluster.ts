@@ -260,9 +260,10 @@ export class TestCluster {
       const primaryStatus = await this.status(primary);
       const statuses = await Promise.all(ids.map((id) => this.status(id)));
       last = JSON.stringify(statuses);
+      const floor = primaryStatus?.lastIndex;
       const caughtUp = (status: (typeof statuses)[number]) =>
-        status !== undefined && primaryStatus !== undefined && (status.role === "backup" || status.role === "primary") && status.lastIndex >= primaryStatus.lastIndex && status.appliedIndex >= primaryStatus.lastIndex && status.appliedIndex === status.lastIndex;
-      if (primaryStatus && statuses.every(caughtUp)) {
+        floor !== undefined && status !== undefined && (status.role === "backup" || status.role === "primary") && status.lastIndex >= floor && status.appliedIndex === status.lastIndex;
+      if (statuses.every(caughtUp)) {
         const members = this.membersFromLog(primary);
         if (ids.every((id) => members.includes(id))) return;
       }
