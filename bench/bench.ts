@@ -22,11 +22,12 @@ import {
   runTimeoutMs,
   warmupSecondsDefault,
 } from "./consts.js";
+import { runBareLevel } from "./bare.js";
 import { measureLastConfig, measureLoopbackRtt, measureSqliteInserts } from "./limits.js";
 import { makeTag, runCatchUp, runFailover, runLevel, runMillion, runProfile, startCluster, type BenchCluster, type LevelResult } from "./phases.js";
 import { evaluateTargets, readAnalysis, renderChart, renderMarkdown, type RunResults } from "./report.js";
 
-const phases = ["limits", "levels", "failover", "catchup", "million", "profile"] as const;
+const phases = ["limits", "levels", "bare", "failover", "catchup", "million", "profile"] as const;
 type Phase = (typeof phases)[number];
 
 const usage = `Usage: npm run bench -- [options]
@@ -44,7 +45,8 @@ Options:
   --catchup-entries N   entries written while a backup is down (default ${catchUpEntriesDefault})
   --million N           messages for the RSS measurement (default ${millionMessagesDefault})
   --profile-level N     concurrency of the profiled run (default 64)
-  --skip LIST           phases to skip: ${phases.join(",")}
+  --skip LIST           phases to skip: ${phases.join(",")} (bare: the same levels on the bare
+                        pipeline, bench/bare-server.ts, the floor of this design on this machine)
   --quiet-wait N        before each level, wait up to N s for other jobs on the machine to use
                         < 25% CPU (default 30; 0 = do not wait)
   --out FILE            report path (default docs/performance.md); the chart goes next to it (.svg)
@@ -210,6 +212,7 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
     catchUp: null,
     million: null,
     limits: null,
+    bare: null,
     profile: null,
     phaseErrors: {},
     durationSeconds: 0,
@@ -263,6 +266,28 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
       results.phaseErrors[phase] = (error as Error).message;
     }
   };
+  if (!options.skip.has("bare")) {
+    await guarded("bare", async () => {
+      const bare = [];
+      for (const concurrency of options.levels) {
+        bare.push(
+          await runBareLevel(
+            {
+              concurrency,
+              groupSize: options.groupSize,
+              warmupSeconds: options.warmup,
+              measureSeconds: options.seconds,
+              tag: makeTag(runTag, `n${concurrency}`),
+              quietWaitSeconds: options.quietWait,
+              quietThresholdPercent: 25,
+            },
+            progress,
+          ),
+        );
+      }
+      results.bare = bare;
+    });
+  }
   if (!options.skip.has("failover")) {
     await guarded("failover", () =>
       withCluster(async (bench) => {
@@ -321,7 +346,7 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
 function writeReport(results: RunResults, out: string): void {
   mkdirSync(dirname(out), { recursive: true });
   const chartPath = join(dirname(out), `${basename(out, extname(out))}.svg`);
-  writeFileSync(chartPath, renderChart(results.levels));
+  writeFileSync(chartPath, renderChart(results.levels, results.bare ?? []));
   writeFileSync(out, renderMarkdown(results, basename(chartPath)));
   progress(`wrote ${out} and ${chartPath}`);
 }

@@ -24,9 +24,9 @@ describe("benchmark smoke run", () => {
     expect(result.stdout).toContain("Usage: npm run bench");
   });
 
-  it("--quick measures c=1 and c=16 on a real cluster and writes a report with a results table and a chart", { timeout: 150_000 }, async () => {
+  it("--quick measures c=1 and c=16 on a real cluster and on the bare pipeline and writes a report with a results table and a chart", { timeout: 150_000 }, async () => {
     // Goal: the whole pipeline works: cluster start, registration, closed-loop load, /proc sampling,
-    // machine limits, report and chart. Method: run --quick into a temp file and look at its shape.
+    // machine limits, the bare pipeline, report and chart. Method: run --quick into a temp file and look at its shape.
     const out = join(outDir, "performance.md");
     const result = await bench(["--quick", "--out", out], 140_000);
     expect(result.exitCode, result.stderr).toBe(0);
@@ -38,6 +38,12 @@ describe("benchmark smoke run", () => {
     // The disk table: each server wrote something for every acknowledged write (its WAL at least).
     const diskTable = report.slice(report.indexOf("| clients | server 1 KB written per write |"));
     expect(diskTable).toMatch(/^\| 16 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|/m);
+    // The bare pipeline ran the same levels on its own three processes, with every write answered.
+    const bareTable = report.slice(report.indexOf("| clients | bare writes/s |"));
+    expect(report).toContain("## The bare pipeline");
+    expect(bareTable).toMatch(/^\| 1 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d,]+ \| \d+% \|.* \| 0 \|$/m);
+    expect(bareTable).toMatch(/^\| 16 \| [\d,]+ \| [\d.]+ \| [\d.]+ \| [\d,]+ \| \d+% \|.* \| 0 \|$/m);
+    expect(report).toMatch(/\| c=16: ≥ 10,000 writes\/s \|.*\| the bare pipeline: [\d,]+\/s \|/);
     expect(report).toContain("loopback TCP round trip");
     expect(report).toContain('<img src="performance.svg"');
     expect(existsSync(join(outDir, "performance.svg"))).toBe(true);
