@@ -123,6 +123,16 @@ export class ConnectionManager {
   private syncsInFlight = 0;
   /** Bumped by a truncation: a sync that started before it says nothing about the entries after it. */
   private logGeneration = 0;
+  /**
+   * The messages of one socket read from a peer are being handled. Appends logged meanwhile are
+   * committed without an fsync, and everything this server sends waits in heldSends until one fsync
+   * at the end of the read (endPeerRead): k appends that queued behind a commit cost one fsync, not k,
+   * and no ack, vote or other message leaves before the log it speaks for is durable.
+   */
+  private inPeerRead = false;
+  /** Log entries are committed without an fsync; sends are held until syncHeldLog. */
+  private logUnsynced = false;
+  private heldSends: { to: number; message: PeerMessage }[] = [];
 
   constructor(
     readonly self: Machine,
@@ -158,7 +168,11 @@ export class ConnectionManager {
       onUp: (peer) => this.execute(this.core.onPeerUp(peer, monotonicMs())),
       onDown: (peer) => this.execute(this.core.onPeerDown(peer, monotonicMs())),
       onRefused: (peer) => this.execute(this.core.onPeerRefused(peer, monotonicMs())),
-      onMessage: (peer, message) => this.execute(this.core.onMessage(peer, message, monotonicMs())),
+      onMessage: (peer, message) => {
+        this.inPeerRead = true;
+        this.execute(this.core.onMessage(peer, message, monotonicMs()));
+      },
+      onReadDone: () => this.endPeerRead(),
     }, serverLogger.child({ component: "peer" }));
   }
 
@@ -338,10 +352,13 @@ export class ConnectionManager {
       this.store.syncLogNow();
       this.logger.info({ syncsInFlight: this.syncsInFlight }, "finished the log syncs still running before a role change");
     }
+    // The same for the appends of this peer read, and before a truncation rewrites what they logged.
+    if (this.logUnsynced && actions.some((action) => action.type === "role" || action.type === "frozen" || action.type === "truncate")) this.syncHeldLog();
     for (const action of actions) {
       switch (action.type) {
         case "send":
-          this.links.send(action.to, action.message as PeerMessage);
+          if (this.logUnsynced) this.heldSends.push({ to: action.to, message: action.message as PeerMessage });
+          else this.links.send(action.to, action.message as PeerMessage);
           break;
         case "persist": {
           this.store.noteCommitted(this.core.committed);
@@ -349,7 +366,9 @@ export class ConnectionManager {
           // the catch-up is over: the log is what the in-sync set needs, and it takes a third of the work.
           const deferApply = action.entries.length > 0 && action.entries[action.entries.length - 1].index <= this.core.committed;
           if (deferApply) this.lastCatchUpAt = monotonicMs();
-          this.store.appendEntries(action.entries, { deferApply });
+          const syncLater = this.inPeerRead && this.store.durability === "full";
+          this.store.appendEntries(action.entries, { deferApply, syncLater });
+          if (syncLater) this.logUnsynced = true;
           this.log.remember(action.entries);
           this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
           this.scheduleApply();
@@ -388,6 +407,19 @@ export class ConnectionManager {
           break;
       }
     }
+  }
+
+  /** The end of a peer read: one fsync for the appends it logged, then what it held back goes out. */
+  private endPeerRead(): void {
+    this.inPeerRead = false;
+    if (this.logUnsynced && !this.stopped) this.syncHeldLog();
+  }
+
+  private syncHeldLog(): void {
+    // A failed fsync leaves the file's state unknown (it cannot be retried): stop, as for a crash.
+    this.store.syncLogNow();
+    this.logUnsynced = false;
+    for (const { to, message } of this.heldSends.splice(0)) this.links.send(to, message);
   }
 
   // ---- applying logged entries ---------------------------------------------

@@ -24,6 +24,8 @@ export type PeerEvents = {
   /** Nothing listens on the peer's port any more (connection refused): its process is gone. */
   onRefused: (peer: number) => void;
   onMessage: (peer: number, message: PeerMessage) => void;
+  /** Every message of one socket read has been delivered (onMessage ran for each). */
+  onReadDone: () => void;
 };
 
 type Link = { socket: net.Socket; peer: number };
@@ -126,7 +128,10 @@ export class PeerLinks {
       onOversize: () => socket.destroy(),
     });
     socket.on("connect", () => socket.write(encodeFrame({ t: "hello", id: this.self.id, nonce })));
-    socket.on("data", (data) => reader.push(data));
+    socket.on("data", (data) => {
+      reader.push(data);
+      this.events.onReadDone();
+    });
     socket.on("error", () => {});
     socket.on("close", () => {
       if (authenticated) this.linkDown(machine.id, socket);
@@ -165,7 +170,10 @@ export class PeerLinks {
       },
       onOversize: () => socket.destroy(),
     });
-    socket.on("data", (data) => reader.push(data));
+    socket.on("data", (data) => {
+      reader.push(data);
+      this.events.onReadDone();
+    });
     socket.on("error", () => {});
     socket.on("close", () => {
       clearTimeout(handshakeTimer);

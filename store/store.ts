@@ -241,7 +241,12 @@ export class Store {
     // syncLater: the COMMIT writes the WAL without an fsync, and the caller counts these entries as
     // durable only once syncLog (or any later commit with synchronous=FULL) has synced the file.
     // A checkpoint syncs the WAL before copying from it, in NORMAL as in FULL.
-    const syncLater = options.syncLater === true;
+    this.runWritingSynced(run, options.syncLater === true);
+    return proposals;
+  }
+
+  /** runWriting; with `syncLater` the COMMIT writes the WAL without an fsync (see proposeBatch). */
+  private runWritingSynced(run: Database.Transaction<() => void>, syncLater: boolean): void {
     assert(!syncLater || this.durability === "full", "a batch is synced later only where commits fsync");
     if (syncLater) this.statements.syncNormal.run();
     try {
@@ -249,7 +254,6 @@ export class Store {
     } finally {
       if (syncLater) this.statements.syncFull.run();
     }
-    return proposals;
   }
 
   // ---- backup path -------------------------------------------------------------
@@ -259,8 +263,10 @@ export class Store {
    * too. With `deferApply` (entries the primary has already committed: a catch-up), or while earlier
    * entries still wait, they are only logged, with no response yet; applyPending applies them later,
    * in order. A logged entry is as durable as an applied one: the state can always be rebuilt from it.
+   * With `syncLater` the COMMIT does not fsync, as in proposeBatch: the caller tells nobody about these
+   * entries until syncLogNow (or a later commit with synchronous=FULL) has synced the file.
    */
-  appendEntries(entries: LogEntry[], options: { deferApply?: boolean } = {}): void {
+  appendEntries(entries: LogEntry[], options: { deferApply?: boolean; syncLater?: boolean } = {}): void {
     const logOnly = options.deferApply === true || this.pendingApply > 0;
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
@@ -286,7 +292,7 @@ export class Store {
       }
       this.moveRequestsToIndex();
     });
-    this.runWriting(run);
+    this.runWritingSynced(run, options.syncLater === true);
   }
 
   /**

@@ -321,6 +321,38 @@ suite("replication scenarios", () => {
     await c.waitForInSync([1, 2, 3]);
   });
 
+  it("S5d: a backup sends nothing about the appends of one peer read before their one fsync", async () => {
+    // Goal: a backup logs the appends that arrive in one socket read without an fsync each, and
+    // holds its acks (and every other message) until one fsync at the end of the read
+    // (docs/architecture.md §5). Method: every server loads a plant that makes that fsync 120 ms
+    // slower (a slow disk; below freezeDetectMs, so nobody is declared frozen). Every acknowledged
+    // write sent while the backups are idle must then take at least that long: an ack sent before
+    // the sync would let the primary answer at once. The posts are still all there afterwards, on every server.
+    const slowMs = 120;
+    cluster = await TestCluster.create({
+      servers: 3,
+      nodeArgs: ["--import", new URL("./fault/plant.ts", import.meta.url).pathname],
+      env: { ...process.env, CHATPLUS_PLANT: "slow-log-sync", CHATPLUS_SLOW_SYNC_MS: String(slowMs) } as Record<string, string>,
+    });
+    const c = cluster;
+    await c.startAll();
+    const primary = await c.waitForPrimary();
+    await c.waitForInSync([1, 2, 3]);
+    const client = await c.client(primary);
+    await client.ok("hello", { clientId: "s5d-client" });
+    await client.ok("register", { username: "s5dwriter", password: "password123" });
+    for (let i = 0; i < 5; i += 1) {
+      // Let the previous write's slow sync end first, or it alone would delay this one.
+      await sleep(2 * slowMs);
+      const sentAt = performance.now();
+      await client.ok("post", { channel: "general", body: `s5d ${i}` });
+      expect(performance.now() - sentAt, `post ${i} was acknowledged before the backups' slow sync`).toBeGreaterThanOrEqual(slowMs);
+    }
+    const history = await client.ok("history", { conversation: "#general", limit: 10 });
+    expect((history.messages as { body: string }[]).map((message) => message.body)).toEqual([0, 1, 2, 3, 4].map((i) => `s5d ${i}`));
+    await c.waitForInSync([1, 2, 3]);
+  });
+
   it("S6: a 4th server added to a loaded cluster catches up, joins, and counts toward fault tolerance", async () => {
     // Goal: live membership growth. Method: writers run while server 4 (in the config, not an
     // initial member) starts; once it is in the in-sync set, kill two of the original three.

@@ -32,6 +32,17 @@ if (plant === "no-dedup") {
   prototype.syncLog = function (this: unknown, done: (error: Error | null) => void) {
     setTimeout(() => original.call(this, done), delayMs);
   };
+} else if (plant === "slow-log-sync") {
+  // Not a bug: a slow disk for the fsync a server runs on its own thread (a backup's, at the end of
+  // a peer read). It blocks the event loop CHATPLUS_SLOW_SYNC_MS longer, as a slow fdatasync would.
+  const delayMs = Number(process.env.CHATPLUS_SLOW_SYNC_MS ?? "100");
+  const prototype = Store.prototype as unknown as { syncLogNow: () => void };
+  const original = prototype.syncLogNow;
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  prototype.syncLogNow = function (this: unknown) {
+    Atomics.wait(sleeper, 0, 0, delayMs);
+    original.call(this);
+  };
 } else if (plant !== undefined) {
   throw new Error(`unknown CHATPLUS_PLANT ${plant}`);
 }
