@@ -73,7 +73,8 @@ export class Store {
     this.walPath = `${path}-wal`;
     this.db.pragma("journal_mode = WAL");
     // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
-    // process crash. "normal" exists only as an explicit, documented benchmark option.
+    // process crash. "normal" exists only as an explicit, documented benchmark option. (Set again
+    // once the statements are prepared: see below.)
     this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
     this.db.pragma("foreign_keys = OFF");
     // TEMP tables (the undo journal) in memory, as undo.ts intends: this build's default is a
@@ -114,6 +115,9 @@ export class Store {
       metaDelete: s("DELETE FROM meta WHERE key = ?"),
       setResponse: s("UPDATE log SET response = ? WHERE idx = ?"),
     };
+    // SQLite applies "PRAGMA synchronous = ..." when the statement is prepared, so preparing syncFull
+    // above switched this connection to FULL: a "normal" store fsynced every commit. Set it again.
+    this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
     const applied = this.getMeta(appliedIndexKey);

@@ -135,6 +135,23 @@ async function randomWorkload(users: User[], ownChannels: string[], random: () =
   }
 }
 
+describe("the store's durability", () => {
+  it("is what SQLite runs with: FULL, or NORMAL where asked, and FULL again after a batch synced later", () => {
+    // Preparing "PRAGMA synchronous = FULL" (for batches synced later) switches the connection to
+    // FULL, so a "normal" store once fsynced every commit. Method: ask SQLite on real files.
+    const full = open(join(scratch, "durability-full.db"));
+    expect(full.db.pragma("synchronous", { simple: true })).toBe(2);
+    const normal = new Store(join(scratch, "durability-normal.db"), "normal");
+    stores.push(normal);
+    expect(normal.db.pragma("synchronous", { simple: true })).toBe(1);
+    const config = { index: 1, epoch: 1, clientId: null, requestId: null, command: { op: "config" as const, primary: 1, members: [1] } };
+    full.appendEntries([config], { syncLater: true });
+    full.syncLogNow();
+    expect(full.db.pragma("synchronous", { simple: true }), "FULL again after a batch synced later").toBe(2);
+    expect(full.lastIndex).toBe(1);
+  });
+});
+
 describe("replaying the log", () => {
   it("rebuilds exactly the state a live server built, and does so deterministically", async () => {
     try {
