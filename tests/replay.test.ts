@@ -136,7 +136,7 @@ async function randomWorkload(users: User[], ownChannels: string[], random: () =
 }
 
 describe("the store's durability", () => {
-  it("is what SQLite runs with: FULL, or NORMAL where asked, and FULL again after a batch synced later", () => {
+  it("is what SQLite runs with: FULL, or NORMAL where asked, and FULL again after a batch synced later", async () => {
     // Preparing "PRAGMA synchronous = FULL" (for batches synced later) switches the connection to
     // FULL, so a "normal" store once fsynced every commit. Method: ask SQLite on real files.
     const full = open(join(scratch, "durability-full.db"));
