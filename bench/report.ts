@@ -107,7 +107,8 @@ export function renderChart(levels: LevelResult[], bare: BareLevel[] = []): stri
   const height = 380;
   const left = 80;
   const right = 80;
-  const top = 50;
+  // Room for the legend under the title when the bare pipeline is drawn too.
+  const top = bare.length > 0 ? 70 : 50;
   const bottom = 60;
   const plotWidth = width - left - right;
   const plotHeight = height - top - bottom;
@@ -133,8 +134,8 @@ export function renderChart(levels: LevelResult[], bare: BareLevel[] = []): stri
   parts.push(`<text x="${width - 20}" y="${top + plotHeight / 2}" transform="rotate(90 ${width - 20} ${top + plotHeight / 2})" text-anchor="middle" fill="#c0392b">p99 latency, ms (line)</text>`);
   const barWidth = Math.min(80, slot * 0.5);
   if (bare.length > 0) {
-    parts.push(`<rect x="${left + 8}" y="${top - 14}" width="10" height="10" fill="#4a90d9"/><text x="${left + 22}" y="${top - 5}">Chat+</text>`);
-    parts.push(`<rect x="${left + 70}" y="${top - 14}" width="10" height="10" fill="#d5d5d5"/><text x="${left + 84}" y="${top - 5}">bare pipeline (bench/bare-server.ts)</text>`);
+    parts.push(`<rect x="${left + 8}" y="${top - 34}" width="10" height="10" fill="#4a90d9"/><text x="${left + 22}" y="${top - 25}">Chat+</text>`);
+    parts.push(`<rect x="${left + 70}" y="${top - 34}" width="10" height="10" fill="#d5d5d5"/><text x="${left + 84}" y="${top - 25}">bare pipeline (bench/bare-server.ts)</text>`);
   }
   for (const [index, level] of levels.entries()) {
     const floor = bareAt(level);
