@@ -1,11 +1,12 @@
 // Runs the bare pipeline (bench/bare-server.ts: one primary, two backups, the I/O of a replicated
 // write and nothing else) under the same load generator, requests and push pattern as the real
 // cluster's levels. Its writes/s bound what any design of this shape can reach on this machine.
-import { execa, type ResultPromise } from "execa";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import type { ClusterConfig } from "../connections/consts.js";
+import { spawnWithPort, stopChildren, type PortChild } from "./child.js";
+import { latencySamplesMax } from "./consts.js";
 import { LoadLoop, Workload, type Ack } from "./load.js";
 import { otherCpuPercent, waitForQuiet, type Progress } from "./phases.js";
 import { UsageSampler, type UsageReport } from "./procstat.js";
@@ -23,57 +24,17 @@ export type BareLevel = {
   measureSeconds: number;
 };
 
-const portTimeoutMs = 20_000;
-const latencySamplesMax = 2_000_000;
-
-type Child = { process: ResultPromise; port: number };
-
-async function spawnBare(args: string[]): Promise<Child> {
-  const child = execa(process.execPath, ["--import", "tsx", resolve(import.meta.dirname, "bare-server.ts"), ...args], {
-    cwd: resolve(import.meta.dirname, ".."),
-    stdio: ["ignore", "pipe", "inherit"],
-    reject: false,
-    cleanup: true,
-  });
-  const port = await new Promise<number>((done, fail) => {
-    let text = "";
-    const timer = setTimeout(() => fail(new Error(`bare ${args[0]} did not report its port`)), portTimeoutMs);
-    child.stdout!.on("data", (chunk: Buffer) => {
-      text += chunk.toString();
-      const match = /port (\d+)/.exec(text);
-      if (match) {
-        clearTimeout(timer);
-        done(Number(match[1]));
-      }
-    });
-    void child.then(() => fail(new Error(`bare ${args[0]} exited before listening`)));
-  });
-  return { process: child, port };
-}
-
-async function stopChildren(children: Child[]): Promise<void> {
-  for (const child of children) {
-    if (child.process.pid === undefined) continue;
-    try {
-      process.kill(child.process.pid, "SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-  await Promise.all(children.map((child) => child.process));
-}
-
 /** One level on a fresh bare pipeline: warm-up, then a measuring window, like runLevel. */
 export async function runBareLevel(
   options: { concurrency: number; groupSize: number; warmupSeconds: number; measureSeconds: number; tag: string; quietWaitSeconds: number; quietThresholdPercent: number },
   progress: Progress,
 ): Promise<BareLevel> {
   const dir = mkdtempSync(join(tmpdir(), "chatplus-bench-bare-"));
-  const children: Child[] = [];
+  const children: PortChild[] = [];
   let workload: Workload | undefined;
   try {
-    for (const name of ["b1", "b2"]) children.push(await spawnBare(["backup", join(dir, `${name}.db`)]));
-    children.push(await spawnBare(["primary", join(dir, "p.db"), String(children[0].port), String(children[1].port)]));
+    for (const name of ["b1", "b2"]) children.push(await spawnWithPort("bare-server.ts", ["backup", join(dir, `${name}.db`)]));
+    children.push(await spawnWithPort("bare-server.ts", ["primary", join(dir, "p.db"), String(children[0].port), String(children[1].port)]));
     const config: ClusterConfig = {
       machines: [{ id: 1, host: "127.0.0.1", clientPort: children[2].port, peerPort: children[2].port }],
       clusterSecret: "bare-pipeline-no-secret",

@@ -1,11 +1,11 @@
 // Machine limits measured in the same run: what SQLite with the servers' pragmas can commit, and
 // what a loopback TCP round trip between two processes costs. They bound what the cluster can do.
 import Database from "better-sqlite3";
-import { execa } from "execa";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { spawnWithPort, stopChildren } from "./child.js";
 import { messageBody } from "./load.js";
 import { summarize, type LatencySummary } from "./stats.js";
 
@@ -62,26 +62,9 @@ export function measureSqliteInserts(rowsPerTransaction: number, seconds: number
  * newline-framed messages over loopback TCP, one at a time, for about `seconds`.
  */
 export async function measureLoopbackRtt(seconds: number, messagesMax = 200_000): Promise<RttLimit> {
-  const child = execa(process.execPath, ["--import", "tsx", resolve(import.meta.dirname, "echo-server.ts")], {
-    cwd: resolve(import.meta.dirname, ".."),
-    stdio: ["ignore", "pipe", "inherit"],
-    reject: false,
-    cleanup: true,
-  });
+  const echo = await spawnWithPort("echo-server.ts");
   try {
-    const port = await new Promise<number>((done, fail) => {
-      let text = "";
-      const timer = setTimeout(() => fail(new Error("echo server did not report its port")), 20000);
-      child.stdout!.on("data", (chunk: Buffer) => {
-        text += chunk.toString();
-        const match = /port (\d+)/.exec(text);
-        if (match) {
-          clearTimeout(timer);
-          done(Number(match[1]));
-        }
-      });
-    });
-    const socket = net.connect({ host: "127.0.0.1", port, noDelay: true });
+    const socket = net.connect({ host: "127.0.0.1", port: echo.port, noDelay: true });
     await new Promise<void>((done, fail) => {
       socket.once("connect", () => done());
       socket.once("error", fail);
@@ -104,14 +87,7 @@ export async function measureLoopbackRtt(seconds: number, messagesMax = 200_000)
     socket.destroy();
     return { messages: times.length, summary: summarize(times), roundTripsPerSecond: times.length / elapsed };
   } finally {
-    if (child.pid) {
-      try {
-        process.kill(child.pid, "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
-    await child;
+    await stopChildren([echo]);
   }
 }
 

@@ -8,6 +8,22 @@ import { waitUntil } from "./chat-support.js";
 import { TestCluster, openReadOnly, sleep } from "./helpers/cluster.js";
 import { checkInvariants, describe, RetryingWriter } from "./helpers/writer.js";
 
+/** Three servers with a planted slow disk (tests/fault/plant.ts), started. */
+async function slowDiskCluster(plant: "slow-sync" | "slow-log-sync", slowMs: number): Promise<TestCluster> {
+  const planted = await TestCluster.create({
+    servers: 3,
+    nodeArgs: ["--import", new URL("./fault/plant.ts", import.meta.url).pathname],
+    env: { ...process.env, CHATPLUS_PLANT: plant, CHATPLUS_SLOW_SYNC_MS: String(slowMs) } as Record<string, string>,
+  });
+  try {
+    await planted.startAll();
+  } catch (error) {
+    await planted.destroy();
+    throw error;
+  }
+  return planted;
+}
+
 let cluster: TestCluster | undefined;
 
 afterEach(async () => {
@@ -282,13 +298,7 @@ suite("replication scenarios", () => {
     // was sent. Then the primary is frozen 100 ms into such a batch's sync, until another server
     // leads, and resumed: it must log that it finished the sync, answer none of those posts, and rejoin.
     const slowMs = 1500;
-    cluster = await TestCluster.create({
-      servers: 3,
-      nodeArgs: ["--import", new URL("./fault/plant.ts", import.meta.url).pathname],
-      env: { ...process.env, CHATPLUS_PLANT: "slow-sync", CHATPLUS_SLOW_SYNC_MS: String(slowMs) } as Record<string, string>,
-    });
-    const c = cluster;
-    await c.startAll();
+    const c = (cluster = await slowDiskCluster("slow-sync", slowMs));
     const old = await c.waitForPrimary();
     const client = await c.client(old);
     await client.ok("hello", { clientId: "s7-burst-client" });
@@ -329,13 +339,7 @@ suite("replication scenarios", () => {
     // write sent while the backups are idle must then take at least that long: an ack sent before
     // the sync would let the primary answer at once. The posts are still all there afterwards, on every server.
     const slowMs = 120;
-    cluster = await TestCluster.create({
-      servers: 3,
-      nodeArgs: ["--import", new URL("./fault/plant.ts", import.meta.url).pathname],
-      env: { ...process.env, CHATPLUS_PLANT: "slow-log-sync", CHATPLUS_SLOW_SYNC_MS: String(slowMs) } as Record<string, string>,
-    });
-    const c = cluster;
-    await c.startAll();
+    const c = (cluster = await slowDiskCluster("slow-log-sync", slowMs));
     const primary = await c.waitForPrimary();
     await c.waitForInSync([1, 2, 3]);
     const client = await c.client(primary);
