@@ -371,6 +371,7 @@ async function main(): Promise<void> {
   process.env.TMPDIR = benchTempRoot;
   const cleanUp = async (reason: string) => {
     progress(`stopping (${reason}); cleaning up ${liveClusters.size} cluster(s)`);
+    for (const cluster of liveClusters) progress(`keeping the cluster's data and logs in ${cluster.dir}`);
     await Promise.all([...liveClusters].map((cluster) => cluster.destroy({ keepData: true })));
   };
   const onSignal = (signal: NodeJS.Signals) => {
