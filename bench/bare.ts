@@ -8,7 +8,7 @@ import type { ClusterConfig } from "../connections/consts.js";
 import { spawnWithPort, stopChildren, type PortChild } from "./child.js";
 import { latencySamplesMax } from "./consts.js";
 import { LoadLoop, Workload, type Ack } from "./load.js";
-import { otherCpuPercent, waitForQuiet, type Progress } from "./phases.js";
+import { otherCpuPercent, waitForQuiet, type LevelOptions, type Progress } from "./phases.js";
 import { UsageSampler, type UsageReport } from "./procstat.js";
 import { summarize, type LatencySummary } from "./stats.js";
 
@@ -26,7 +26,7 @@ export type BareLevel = {
 
 /** One level on a fresh bare pipeline: warm-up, then a measuring window, like runLevel. */
 export async function runBareLevel(
-  options: { concurrency: number; groupSize: number; warmupSeconds: number; measureSeconds: number; tag: string; quietWaitSeconds: number; quietThresholdPercent: number },
+  options: LevelOptions,
   progress: Progress,
 ): Promise<BareLevel> {
   const dir = mkdtempSync(join(tmpdir(), "chatplus-bench-bare-"));

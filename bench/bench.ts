@@ -19,12 +19,13 @@ import {
   levelsDefault,
   measureSecondsDefault,
   millionMessagesDefault,
+  quietThresholdPercentDefault,
   runTimeoutMs,
   warmupSecondsDefault,
 } from "./consts.js";
 import { runBareLevel } from "./bare.js";
 import { measureLastConfig, measureLoopbackRtt, measureSqliteInserts } from "./limits.js";
-import { makeTag, runCatchUp, runFailover, runLevel, runMillion, runProfile, startCluster, type BenchCluster, type LevelResult } from "./phases.js";
+import { makeTag, runCatchUp, runFailover, runLevel, runMillion, runProfile, startCluster, type BenchCluster, type LevelOptions, type LevelResult } from "./phases.js";
 import { evaluateTargets, readAnalysis, renderChart, renderMarkdown, type RunResults } from "./report.js";
 
 const phases = ["limits", "levels", "bare", "failover", "catchup", "million", "profile"] as const;
@@ -48,7 +49,7 @@ Options:
   --skip LIST           phases to skip: ${phases.join(",")} (bare: the same levels on the bare
                         pipeline, bench/bare-server.ts, the floor of this design on this machine)
   --quiet-wait N        before each level, wait up to N s for other jobs on the machine to use
-                        < 25% CPU (default 30; 0 = do not wait)
+                        < ${quietThresholdPercentDefault}% CPU (default 30; 0 = do not wait)
   --out FILE            report path (default docs/performance.md); the chart goes next to it (.svg)
   --keep-profiles       keep the raw .cpuprofile files (their directory is printed)
   --save-json FILE      also save the raw results as JSON
@@ -233,25 +234,23 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
     results.limits = { sqlite, rtt, lastConfig };
   }
 
+  // One level's settings, for the cluster's levels and the bare pipeline's alike.
+  const levelOptions = (concurrency: number, phaseTag: string): LevelOptions => ({
+    concurrency,
+    groupSize: options.groupSize,
+    warmupSeconds: options.warmup,
+    measureSeconds: options.seconds,
+    tag: makeTag(runTag, phaseTag),
+    quietWaitSeconds: options.quietWait,
+    quietThresholdPercent: quietThresholdPercentDefault,
+  });
   if (!options.skip.has("levels")) {
     // A fresh cluster per level: the servers' cost per write grows with the entries written since
     // the newest config entry (see the profile section), so levels sharing one cluster would each
     // inherit the log of the levels before them, and the order of the levels would decide the numbers.
     for (const concurrency of options.levels) {
       const level: LevelResult = await withCluster((bench) =>
-        runLevel(
-          bench,
-          {
-            concurrency,
-            groupSize: options.groupSize,
-            warmupSeconds: options.warmup,
-            measureSeconds: options.seconds,
-            tag: makeTag(runTag, `c${concurrency}`),
-            quietWaitSeconds: options.quietWait,
-            quietThresholdPercent: 25,
-          },
-          progress,
-        ),
+        runLevel(bench, levelOptions(concurrency, `c${concurrency}`), progress),
       );
       results.levels.push(level);
     }
@@ -270,20 +269,7 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
     await guarded("bare", async () => {
       const bare = [];
       for (const concurrency of options.levels) {
-        bare.push(
-          await runBareLevel(
-            {
-              concurrency,
-              groupSize: options.groupSize,
-              warmupSeconds: options.warmup,
-              measureSeconds: options.seconds,
-              tag: makeTag(runTag, `n${concurrency}`),
-              quietWaitSeconds: options.quietWait,
-              quietThresholdPercent: 25,
-            },
-            progress,
-          ),
-        );
+        bare.push(await runBareLevel(levelOptions(concurrency, `n${concurrency}`), progress));
       }
       results.bare = bare;
     });

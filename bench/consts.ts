@@ -47,6 +47,8 @@ export const latencySamplesMax = 5_000_000;
 // ---- phases --------------------------------------------------------------------------
 export const levelsDefault = [1, 16, 64, 256];
 export const warmupSecondsDefault = 2;
+/** Before a level's window, wait (up to --quiet-wait) until other jobs use less CPU than this. */
+export const quietThresholdPercentDefault = 25;
 export const measureSecondsDefault = 8;
 export const failoverTrialsDefault = 4;
 export const failoverConcurrencyDefault = 16;

@@ -122,6 +122,9 @@ export async function waitForQuiet(pids: number[], maxSeconds: number, threshold
 
 // ---- load levels ------------------------------------------------------------------------------
 
+/** One load level: clients, warm-up and window, and how long to wait for a quiet machine first. */
+export type LevelOptions = { concurrency: number; groupSize: number; warmupSeconds: number; measureSeconds: number; tag: string; quietWaitSeconds: number; quietThresholdPercent: number };
+
 export type LevelResult = {
   concurrency: number;
   groupSize: number;
@@ -147,7 +150,7 @@ export type LevelResult = {
 
 export async function runLevel(
   { cluster, locator }: BenchCluster,
-  options: { concurrency: number; groupSize: number; warmupSeconds: number; measureSeconds: number; tag: string; quietWaitSeconds: number; quietThresholdPercent: number },
+  options: LevelOptions,
   progress: Progress,
 ): Promise<LevelResult> {
   const { concurrency, groupSize } = options;

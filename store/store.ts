@@ -72,10 +72,6 @@ export class Store {
     this.db = new Database(path);
     this.walPath = `${path}-wal`;
     this.db.pragma("journal_mode = WAL");
-    // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
-    // process crash. "normal" exists only as an explicit, documented benchmark option. (Set again
-    // once the statements are prepared: see below.)
-    this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
     this.db.pragma("foreign_keys = OFF");
     // TEMP tables (the undo journal) in memory, as undo.ts intends: this build's default is a
     // temporary file, which commits wrote to (0.25 of 6.75 KB written per write, store-only benchmark).
@@ -115,8 +111,10 @@ export class Store {
       metaDelete: s("DELETE FROM meta WHERE key = ?"),
       setResponse: s("UPDATE log SET response = ? WHERE idx = ?"),
     };
+    // FULL: every commit fsyncs the WAL, so an acknowledged write survives power loss, not just a
+    // process crash. "normal" exists only as an explicit, documented benchmark option. Set only now:
     // SQLite applies "PRAGMA synchronous = ..." when the statement is prepared, so preparing syncFull
-    // above switched this connection to FULL: a "normal" store fsynced every commit. Set it again.
+    // above switches the connection to FULL (a "normal" store once fsynced every commit that way).
     this.db.pragma(`synchronous = ${durability === "full" ? "FULL" : "NORMAL"}`);
     const row = this.statements.lastEntry.get() as { idx: number; epoch: number } | undefined;
     this.last = row ? { index: row.idx, epoch: row.epoch } : { index: 0, epoch: 0 };
