@@ -20,6 +20,7 @@
 //        node --import tsx bench/bare-server.ts primary DBFILE BACKUP_PORT BACKUP_PORT
 // It listens on 127.0.0.1 (a free port) and prints "port N" on stdout once it accepts connections.
 import Database from "better-sqlite3";
+import assert from "node:assert/strict";
 import { fdatasync, openSync } from "node:fs";
 import net from "node:net";
 import { syncOffLoopBatchMin } from "../connections/consts.js";
@@ -32,7 +33,6 @@ if ((role !== "primary" && role !== "backup") || !dbFile || (role === "primary" 
 
 const db = new Database(dbFile);
 db.pragma("journal_mode = WAL");
-db.pragma(`synchronous = ${role === "primary" ? "NORMAL" : "FULL"}`);
 db.exec("CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, body TEXT NOT NULL)");
 const insert = db.prepare("INSERT INTO log (idx, body) VALUES (?, ?)");
 const logBatch = db.transaction((first: number, bodies: string[]) => {
@@ -40,6 +40,11 @@ const logBatch = db.transaction((first: number, bodies: string[]) => {
 });
 const syncFull = db.prepare("PRAGMA synchronous = FULL");
 const syncNormal = db.prepare("PRAGMA synchronous = NORMAL");
+// After the statements above: SQLite applies a PRAGMA when it is prepared, so preparing syncNormal
+// left every connection at NORMAL, and the backups acked without an fsync (found by strace).
+const synchronousLevel = role === "primary" ? 1 : 2; // NORMAL, FULL
+db.pragma(`synchronous = ${synchronousLevel}`);
+assert.equal(db.pragma("synchronous", { simple: true }), synchronousLevel, "the connection runs at the synchronous level set");
 
 /** Splits a socket's data into lines; `done` runs after the lines of each chunk. */
 function onLines(socket: net.Socket, handle: (line: string) => void, done?: () => void): void {
