@@ -3,8 +3,12 @@
 // `response` column is replicated state too: apply computes it, so every server writes the same one.
 
 /** Bumped when the file format changes; a server refuses a data directory of another version. */
-export const schemaVersion = 4;
+export const schemaVersion = 5;
 
+// The log is a rowid table (idx is the rowid), not WITHOUT ROWID: its rows are ~700 bytes, and an
+// append to a rowid table's last leaf starts a new leaf when it is full, where a WITHOUT ROWID B-tree
+// rebalances the last leaves on every split. Measured on appends of one row per transaction: 1.41
+// WAL pages per row against 2.56, and 30% less CPU (format 5; docs/architecture.md §3).
 export const logTablesSql = `
 CREATE TABLE IF NOT EXISTS log (
   idx        INTEGER PRIMARY KEY,
@@ -14,7 +18,7 @@ CREATE TABLE IF NOT EXISTS log (
   request_id INTEGER,
   body       TEXT    NOT NULL,          -- the command as JSON
   response   TEXT                       -- the response data as JSON, for exactly-once retries; null without a request id
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS log_kind ON log(kind, idx) WHERE kind != 'command';
 -- Exactly-once: a retried (client id, request id) finds its original entry, and its response, through
 -- this index. It lags the log on purpose: the Store keeps the newest requests in memory and moves

@@ -6,7 +6,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect } from "vitest";
+import Database from "better-sqlite3";
 import { Store, replayInto } from "../store/store.js";
+import { schemaVersion } from "../store/tables.js";
 import { seededRandom } from "../utils.js";
 import type { TestClient } from "./helpers/client.js";
 import { ChatServer, serverTest, defaultPassword, stateDigestOf, uniqueName } from "./chat-support.js";
@@ -149,6 +151,25 @@ describe("the store's durability", () => {
     full.syncLogNow();
     expect(full.db.pragma("synchronous", { simple: true }), "FULL again after a batch synced later").toBe(2);
     expect(full.lastIndex).toBe(1);
+  });
+});
+
+describe("the store's file format", () => {
+  it("refuses a data file of another format with an error naming both, and leaves the file as it was", async () => {
+    // Format 4 kept the log WITHOUT ROWID; format 5 made it a rowid table (docs/architecture.md §3).
+    const path = join(scratch, "format-4.db");
+    const old = new Database(path);
+    old.exec("CREATE TABLE log (idx INTEGER PRIMARY KEY, epoch INTEGER NOT NULL, kind TEXT NOT NULL, client_id TEXT, request_id INTEGER, body TEXT NOT NULL, response TEXT) WITHOUT ROWID");
+    old.pragma("user_version = 4");
+    old.close();
+    expect(() => new Store(path)).toThrow(new RegExp(`holds data format 4, and this server reads and writes format ${schemaVersion}`));
+    const after = new Database(path, { readonly: true });
+    expect(after.pragma("user_version", { simple: true })).toBe(4);
+    expect((after.prepare("SELECT sql FROM sqlite_master WHERE name = 'log'").get() as { sql: string }).sql).toMatch(/WITHOUT ROWID/);
+    after.close();
+    // A fresh file gets the current format.
+    const fresh = open(join(scratch, "format-fresh.db"));
+    expect(fresh.db.pragma("user_version", { simple: true })).toBe(schemaVersion);
   });
 });
 
