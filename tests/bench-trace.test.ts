@@ -3,7 +3,7 @@
 // known gaps, so each step's median is known exactly. Events of untracked processes and of worker
 // threads (other than their syncs) must not disturb it.
 import { describe, expect, test } from "vitest";
-import { parsePerfScript, summarizeChains } from "../bench/trace-parse.js";
+import { parsePerfScript, summarizeChains, type ChainStep } from "../bench/trace-parse.js";
 
 const primary = 100;
 const backups: [number, number] = [200, 300];
@@ -47,20 +47,22 @@ describe("the c=1 trace parser", () => {
     const text = [...write(0, 300), ...write(990, 320), ...write(1980, 300)].join("\n");
     const summary = summarizeChains(parsePerfScript(text, { primary, backups }), { primary, backups });
     expect(summary.writes).toBe(3);
-    const m = summary.medians;
-    expect(m["primary: request read → first append written"]).toBeCloseTo(100, 3);
-    expect(m["primary: first append → second append written"]).toBeCloseTo(30, 3);
-    expect(m["primary: its own fsync"]).toBeCloseTo(300, 3);
-    expect(m["first backup: append written → append read"]).toBeCloseTo(50, 3);
-    expect(m["second backup: append written → append read"]).toBeCloseTo(300, 3);
-    expect(m["first backup: append read → its COMMIT starts writing"]).toBeCloseTo(120, 3);
-    expect(m["backups: COMMIT's WAL writes (both)"]).toBeCloseTo(30, 3);
-    expect(m["backups: fdatasync (both)"]).toBeCloseTo(250, 3);
-    expect(m["backups: fdatasync done → ack written (both)"]).toBeCloseTo(10, 3);
-    expect(m["primary: second append written → both acks read"]).toBeCloseTo(700, 3);
-    expect(m["primary: acks in and own fsync done → response written"]).toBeCloseTo(50, 3);
-    expect(m["load generator: response written → next request read"]).toBeCloseTo(110, 3);
-    expect(m["whole cycle"]).toBeCloseTo(990, 3);
+    const expected: [ChainStep, number][] = [
+      ["primary: request read → first append written", 100],
+      ["primary: first append → second append written", 30],
+      ["primary: its own fsync", 300],
+      ["first backup: append written → append read", 50],
+      ["second backup: append written → append read", 300],
+      ["first backup: append read → its COMMIT starts writing", 120],
+      ["backups: COMMIT's WAL writes (both)", 30],
+      ["backups: fdatasync (both)", 250],
+      ["backups: fdatasync done → ack written (both)", 10],
+      ["primary: second append written → both acks read", 700],
+      ["primary: acks in and own fsync done → response written", 50],
+      ["load generator: response written → next request read", 110],
+      ["whole cycle", 990],
+    ];
+    for (const [step, us] of expected) expect(summary.medians[step], step).toBeCloseTo(us, 3);
   });
 
   test("other processes, and worker threads' other syscalls, are not part of the chain", () => {
