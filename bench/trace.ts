@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import type { TestCluster } from "../tests/helpers/cluster.js";
 import { startCluster, runLevel, makeTag, type BenchCluster } from "./phases.js";
 import { chainSteps, parsePerfScript, summarizeChains } from "./trace-parse.js";
 import { groupSizeDefault } from "./consts.js";
@@ -46,8 +47,13 @@ async function main(): Promise<void> {
   await checkPerf();
   const dir = mkdtempSync(join(os.tmpdir(), "chatplus-trace-"));
   let bench: BenchCluster | undefined;
+  let created: TestCluster | undefined;
+  // Interrupted: stop the servers it started (by PID, through the harness) before exiting.
+  const onSignal = () => void (created?.destroy() ?? Promise.resolve()).finally(() => process.exit(130));
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   try {
-    bench = await startCluster(progress, () => {});
+    bench = await startCluster(progress, (cluster) => (created = cluster));
     const { cluster } = bench;
     const primaryId = await cluster.waitForPrimary();
     const backupIds = [1, 2, 3].filter((id) => id !== primaryId);
@@ -75,7 +81,7 @@ async function main(): Promise<void> {
     for (const step of chainSteps) process.stdout.write(`| ${step} | ${Math.round(summary.medians[step])} |\n`);
   } finally {
     await bench?.locator.stop();
-    await bench?.cluster.destroy();
+    await created?.destroy();
     rmSync(dir, { recursive: true, force: true });
   }
 }
