@@ -1,6 +1,5 @@
-// Rebuilds the chain of each lone write (c=1) from kernel tracepoints: `perf script` output of
-// sched_switch/sched_wakeup and the entry and exit of read, write, writev, pwrite64, fsync and
-// fdatasync, for the whole machine. Pure: text in, step durations out (bench/trace.ts records).
+// Rebuilds the chain of each lone write (c=1) from kernel tracepoints: `perf script` output of the
+// entry and exit of read, write, writev, pwrite64, fsync and fdatasync, for the whole machine. Pure: text in, step durations out (bench/trace.ts records).
 //
 // One write, as the syscalls show it:
 //   primary   read(client) ... write(link A) write(link B) ... fsync ... read(ack A) read(ack B) ... writev(client)

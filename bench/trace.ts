@@ -8,21 +8,17 @@ import os from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { TestCluster } from "../tests/helpers/cluster.js";
-import { startCluster, runLevel, makeTag, type BenchCluster } from "./phases.js";
+import { startCluster, runLevel, makeTag, sleep, type BenchCluster } from "./phases.js";
 import { chainSteps, parsePerfScript, summarizeChains } from "./trace-parse.js";
 import { groupSizeDefault } from "./consts.js";
 
-const usage = `Usage: npm run bench:trace -- [--record-seconds N] [--keep-data]
+const usage = `Usage: npm run bench:trace -- [--record-seconds N]
 
-Runs c=1 on a fresh cluster, records N s (default 1) of sched and syscall tracepoints machine-wide
-with perf, and prints the median of each step of a write's chain. Needs perf and root.
+Runs c=1 on a fresh cluster, records N s (default 1) of syscall tracepoints machine-wide with perf, and prints the median of each step of a write's chain. Needs perf and root.
 `;
 
-const tracepoints = [
-  "sched:sched_switch",
-  "sched:sched_wakeup",
-  ...["read", "write", "writev", "pwrite64", "fsync", "fdatasync"].flatMap((call) => [`syscalls:sys_enter_${call}`, `syscalls:sys_exit_${call}`]),
-];
+/** The syscalls a write's chain is rebuilt from (bench/trace-parse.ts). */
+const tracepoints = ["read", "write", "writev", "pwrite64", "fsync", "fdatasync"].flatMap((call) => [`syscalls:sys_enter_${call}`, `syscalls:sys_exit_${call}`]);
 
 function progress(text: string): void {
   process.stderr.write(`[trace] ${text}\n`);
@@ -30,9 +26,9 @@ function progress(text: string): void {
 
 async function checkPerf(): Promise<void> {
   try {
-    await execa("perf", ["record", "-q", "-e", "sched:sched_switch", "-o", "/dev/null", "--", "true"]);
+    await execa("perf", ["record", "-q", "-e", tracepoints[0], "-o", "/dev/null", "--", "true"]);
   } catch (error) {
-    throw new Error(`perf cannot record sched and syscall tracepoints here (needs perf and root): ${(error as Error).message.split("\n")[0]}`);
+    throw new Error(`perf cannot record syscall tracepoints here (needs perf and root): ${(error as Error).message.split("\n")[0]}`);
   }
 }
 
@@ -65,7 +61,7 @@ async function main(): Promise<void> {
       progress,
     );
     // Registration takes a moment; start recording well inside the measuring window.
-    await new Promise((resolve) => setTimeout(resolve, (warmupSeconds + 2) * 1000));
+    await sleep((warmupSeconds + 2) * 1000);
     const data = join(dir, "perf.data");
     progress(`recording ${recordSeconds} s of tracepoints`);
     // --exclude-perf applies to the -e before it: perf's own writes of its data are left out.
