@@ -3,12 +3,28 @@
 // the values the primary chose). Tokens: "<sessionId>.<HMAC(clusterSecret, sessionId)>", so the
 // replicated database holds session ids but a token cannot be forged from it without the secret.
 import { createHmac, randomBytes, scrypt, timingSafeEqual } from "node:crypto";
-import { saltBytes, scryptCost, scryptKeyBytes, sessionTokenBytes } from "./consts.js";
+import { passwordChecksConcurrentMax, passwordChecksQueuedMax, saltBytes, scryptCost, scryptKeyBytes, sessionTokenBytes } from "./consts.js";
+import { ChatError, errorCodes } from "./errors.js";
 
-function scryptAsync(password: string, salt: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) =>
-    scrypt(password, salt, scryptKeyBytes, { N: scryptCost, r: 8, p: 1, maxmem: 64 * 1024 * 1024 }, (error, key) => (error ? reject(error) : resolve(key))),
-  );
+/** scrypt runs in progress, and the ones waiting for a slot (each is handed the slot of one that ends). */
+let passwordChecksRunning = 0;
+const passwordChecksWaiting: (() => void)[] = [];
+
+async function scryptAsync(password: string, salt: Buffer): Promise<Buffer> {
+  if (passwordChecksRunning < passwordChecksConcurrentMax) passwordChecksRunning += 1;
+  else {
+    if (passwordChecksWaiting.length >= passwordChecksQueuedMax) throw new ChatError(errorCodes.OVERLOADED, "too many password checks waiting on this server; retry shortly");
+    await new Promise<void>((resolve) => passwordChecksWaiting.push(resolve));
+  }
+  try {
+    return await new Promise<Buffer>((resolve, reject) =>
+      scrypt(password, salt, scryptKeyBytes, { N: scryptCost, r: 8, p: 1, maxmem: 64 * 1024 * 1024 }, (error, key) => (error ? reject(error) : resolve(key))),
+    );
+  } finally {
+    const next = passwordChecksWaiting.shift();
+    if (next) next();
+    else passwordChecksRunning -= 1;
+  }
 }
 
 export async function hashPassword(password: string): Promise<{ salt: string; hash: string }> {

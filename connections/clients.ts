@@ -7,7 +7,14 @@ import { parseConversation, wildcardToGlob } from "../schema.js";
 import type { Command, Effect } from "../store/commands.js";
 import { Queries } from "../store/queries.js";
 import { burnPasswordCheck, hashPassword, newSessionId, sessionIdFromToken, tokenFor, verifyPassword } from "./auth.js";
-import { connectionInflightMax, frameBytesMax, protocolVersion } from "./consts.js";
+import {
+  connectionFramesPerTurnMax,
+  connectionInflightMax,
+  connectionOutputMaxBytes,
+  connectionOutputPauseBytes,
+  frameBytesMax,
+  protocolVersion,
+} from "./consts.js";
 import { ChatError, errorCodes, type ErrorCode } from "./errors.js";
 import { encodeFrame, LineReader } from "./framing.js";
 import type { ConnectionManager, WriteOutcome } from "./manager.js";
@@ -34,7 +41,23 @@ class ClientConnection {
   session: Session | null = null;
   inflight = 0;
   closed = false;
-  constructor(readonly socket: net.Socket) {}
+  /** Frames handled since the last socket read; past connectionFramesPerTurnMax they wait in `backlog`. */
+  framesThisRead = 0;
+  readonly backlog: string[] = [];
+  /** Reading is paused, and reads wait, until the client has read what was sent to it. */
+  outputPaused = false;
+  private drainWaiters: (() => void)[] = [];
+  /** register, login and auth change the session: one at a time, in the order they arrived. */
+  sessionChange: Promise<unknown> = Promise.resolve();
+  constructor(
+    readonly socket: net.Socket,
+    private readonly events: {
+      /** Unsent output passed connectionOutputMaxBytes: the service closes this connection. */
+      onOutputOverflow: (connection: ClientConnection) => void;
+      /** The output that paused this connection has been sent. */
+      onDrained: (connection: ClientConnection) => void;
+    },
+  ) {}
   send(frame: unknown): void {
     this.sendLine(encodeFrame(frame));
   }
@@ -48,6 +71,29 @@ class ClientConnection {
       this.socket.cork();
     }
     this.socket.write(line);
+    const unsent = this.socket.writableLength;
+    if (unsent > connectionOutputMaxBytes) this.events.onOutputOverflow(this);
+    else if (unsent > connectionOutputPauseBytes && !this.outputPaused) {
+      this.outputPaused = true;
+      this.socket.pause();
+      this.socket.once("drain", () => {
+        this.outputPaused = false;
+        this.releaseDrainWaiters();
+        this.events.onDrained(this);
+      });
+    }
+  }
+  /** Resolves once this connection's output is below connectionOutputPauseBytes (or it closed). */
+  drained(): Promise<void> {
+    if (!this.outputPaused || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+  releaseDrainWaiters(): void {
+    for (const resolve of this.drainWaiters.splice(0)) resolve();
+  }
+  /** Reads again once no frame waits and the client has read its output. */
+  resumeIfIdle(): void {
+    if (!this.closed && !this.outputPaused && this.backlog.length === 0) this.socket.resume();
   }
 }
 
@@ -62,6 +108,12 @@ export class ClientService {
   /** Pushes read channel memberships in one read transaction per commit, not one implicit one per post. */
   private readonly pushInReadTransaction;
   private lastTs = 0;
+  /**
+   * Reads that passed the read barrier, each waiting for a turn of the event loop of its own. A
+   * history page can take ~40 ms; many answered in one turn would hold the loop past freezeDetectMs.
+   */
+  private readonly readsWaiting: (() => void)[] = [];
+  private readTurnScheduled = false;
 
   constructor(
     private readonly manager: ConnectionManager,
@@ -69,7 +121,7 @@ export class ClientService {
     private readonly logger: Logger,
   ) {
     this.queries = new Queries(manager.store.db);
-    this.membersStatement = manager.store.db.prepare("SELECT user_id FROM memberships WHERE channel_id = ?");
+    this.membersStatement = manager.store.db.prepare("SELECT user_id, joined_seq FROM memberships WHERE channel_id = ?");
     this.pushInReadTransaction = manager.store.db.transaction((committed: { index: number; effects: Effect[] }[]) => this.pushNow(committed));
   }
 
@@ -106,15 +158,18 @@ export class ClientService {
 
   private pushNow(committed: { index: number; effects: Effect[] }[]): void {
     // A batch often posts to the same channel several times: its members are read once.
-    const membersOf = new Map<number, number[]>();
+    const membersOf = new Map<number, { userId: number; joinedSeq: number }[]>();
     for (const { index, effects } of committed) {
       for (const effect of effects) {
         let users: number[];
         if ("users" in effect.audience) users = effect.audience.users;
         else {
           const channelId = effect.audience.channelId;
-          users = membersOf.get(channelId) ?? this.channelMembers(channelId);
-          membersOf.set(channelId, users);
+          const members = membersOf.get(channelId) ?? this.channelMembers(channelId);
+          membersOf.set(channelId, members);
+          // Members as of the entry: one who joined after it (between its apply and its commit) does
+          // not get it, just as events_since and history would not show it to them.
+          users = members.filter((member) => member.joinedSeq < index).map((member) => member.userId);
         }
         // Encoded at most once, however many sessions receive it.
         let line: string | undefined;
@@ -128,31 +183,80 @@ export class ClientService {
     }
   }
 
-  private channelMembers(channelId: number): number[] {
-    const rows = this.membersStatement.all(channelId) as { user_id: number }[];
-    return rows.map((row) => row.user_id);
+  private channelMembers(channelId: number): { userId: number; joinedSeq: number }[] {
+    const rows = this.membersStatement.all(channelId) as { user_id: number; joined_seq: number }[];
+    return rows.map((row) => ({ userId: row.user_id, joinedSeq: row.joined_seq }));
   }
 
   // ---- connections -------------------------------------------------------------
 
   private accept(socket: net.Socket): void {
     socket.setNoDelay(true);
-    const connection = new ClientConnection(socket);
+    const connection = new ClientConnection(socket, {
+      onOutputOverflow: (overflowing) => {
+        this.logger.warn({ clientId: overflowing.clientId, unsentBytes: overflowing.socket.writableLength }, "client does not read its output; closing its connection");
+        this.closeConnection(overflowing);
+        overflowing.socket.destroy();
+      },
+      onDrained: (drained) => this.handleBacklog(drained),
+    });
     this.connections.add(connection);
     const reader = new LineReader(frameBytesMax, {
-      onFrame: (line) => void this.onFrame(connection, line),
+      onFrame: (line) => this.receive(connection, line),
       onOversize: () => {
         this.sendError(connection, 0, errorCodes.FRAME_TOO_LARGE, `frame larger than ${frameBytesMax} bytes; closing`);
-        connection.socket.end();
-        connection.closed = true;
+        this.closeConnection(connection);
+        // Sends the error first, then closes, whether or not the client ever closes its side.
+        connection.socket.destroySoon();
       },
     });
-    socket.on("data", (data) => reader.push(data));
+    socket.on("data", (data) => {
+      connection.framesThisRead = 0;
+      reader.push(data);
+    });
     socket.on("error", () => {});
-    socket.on("close", () => {
-      connection.closed = true;
-      this.connections.delete(connection);
-      this.detachSession(connection);
+    socket.on("close", () => this.closeConnection(connection));
+  }
+
+  /** No more frames in or out, and its session is offline at once (DMs to it are queued again). */
+  private closeConnection(connection: ClientConnection): void {
+    connection.closed = true;
+    connection.backlog.length = 0;
+    connection.releaseDrainWaiters();
+    this.connections.delete(connection);
+    this.detachSession(connection);
+  }
+
+  /** A frame is handled now, or after the ones waiting, a bounded number per turn of the event loop. */
+  private receive(connection: ClientConnection, line: string): void {
+    if (connection.closed) return;
+    if (connection.backlog.length === 0 && connection.framesThisRead < connectionFramesPerTurnMax) {
+      connection.framesThisRead += 1;
+      this.dispatch(connection, line);
+      return;
+    }
+    connection.backlog.push(line);
+    if (connection.backlog.length === 1) {
+      connection.socket.pause();
+      setImmediate(() => this.handleBacklog(connection));
+    }
+  }
+
+  /** The next frames that wait, while the client reads its output; reading resumes once none wait. */
+  private handleBacklog(connection: ClientConnection): void {
+    if (connection.closed || connection.outputPaused) return;
+    for (const line of connection.backlog.splice(0, connectionFramesPerTurnMax)) this.dispatch(connection, line);
+    if (connection.backlog.length > 0) setImmediate(() => this.handleBacklog(connection));
+    else connection.resumeIfIdle();
+  }
+
+  private dispatch(connection: ClientConnection, line: string): void {
+    this.onFrame(connection, line).catch((error: unknown) => {
+      // Every error a request can cause is answered inside onFrame; reaching here is a bug in this
+      // server. The connection cannot be trusted to be in step any more, so it goes, not the process.
+      this.logger.error({ err: error }, "client frame handling failed; closing the connection");
+      this.closeConnection(connection);
+      connection.socket.destroy();
     });
   }
 
@@ -178,7 +282,9 @@ export class ClientService {
     if (fields.v === undefined) return this.sendError(connection, id, errorCodes.BAD_REQUEST, `missing "v" (protocol version ${protocolVersion})`);
     if (fields.v !== protocolVersion) return this.sendError(connection, id, errorCodes.UNSUPPORTED_VERSION, `"v" must be ${protocolVersion}`);
     if (typeof fields.type !== "string" || !requestTypes.includes(fields.type as Request["type"])) {
-      return this.sendError(connection, id, errorCodes.UNKNOWN_TYPE, `unknown request type ${JSON.stringify(fields.type)}`);
+      // Named only when it is a short string: a client's value could be anything, even nested too deep to stringify.
+      const named = typeof fields.type === "string" && fields.type.length <= 64 ? JSON.stringify(fields.type) : `(a ${Array.isArray(fields.type) ? "array" : typeof fields.type})`;
+      return this.sendError(connection, id, errorCodes.UNKNOWN_TYPE, `unknown request type ${named}`);
     }
     const parsed = Request.safeParse(raw);
     if (!parsed.success) {
@@ -220,11 +326,11 @@ export class ClientService {
       case "ping":
         return { ...this.manager.status() };
       case "register":
-        return this.register(connection, request);
+        return this.oneSessionChangeAtATime(connection, () => this.register(connection, request));
       case "login":
-        return this.login(connection, request);
+        return this.oneSessionChangeAtATime(connection, () => this.login(connection, request));
       case "auth":
-        return this.auth(connection, request.token);
+        return this.oneSessionChangeAtATime(connection, () => this.auth(connection, request.token));
       case "logout": {
         const outcome = await this.writeOutcome(connection, request.id, { op: "logout", actor: session.userId, sessionId: session.sessionId });
         // The session that entry ended is gone: every connection that resumed it with its token is
@@ -262,7 +368,7 @@ export class ClientService {
       case "mark_read":
         return this.write(connection, request.id, { op: "mark_read", actor: session.userId, conversation: request.conversation, messageId: request.messageId });
       case "list_users": {
-        await this.manager.readBarrier();
+        await this.readable(connection);
         const page = this.queries.listUsers(request.pattern, request.after, request.limit);
         const users = page.names.map((name) => {
           const user = this.queries.userByName(name);
@@ -271,28 +377,69 @@ export class ClientService {
         return { users, next: page.next };
       }
       case "list_channels": {
-        await this.manager.readBarrier();
+        await this.readable(connection);
         const page = this.queries.listChannels(session.userId, wildcardToGlob(request.pattern), request.after, request.limit);
         return { channels: page.channels, next: page.next };
       }
       case "history": {
         const ref = parseConversation(request.conversation);
         if (!ref) throw new ChatError(errorCodes.BAD_REQUEST, `conversation must be "@username" or "#channel"`);
-        await this.manager.readBarrier();
+        await this.readable(connection);
         const result = this.queries.history(session.userId, ref, { before: request.before, after: request.after }, request.limit);
         if ("error" in result) throw new ChatError(errorCodes[result.error], describeHistoryError(result.error, request.conversation));
         return result;
       }
       case "unread":
-        await this.manager.readBarrier();
+        await this.readable(connection);
         return this.queries.unread(session.userId);
       case "events_since": {
-        await this.manager.readBarrier();
+        await this.readable(connection);
         const upTo = this.manager.core.committed;
         const result = this.queries.eventsSince(session.userId, request.afterSeq, upTo, request.limit);
         return { events: result.events, more: result.more, upTo };
       }
     }
+  }
+
+  /**
+   * The read barrier, then a turn of the event loop for this read alone, taken only while the
+   * connection's client reads its output: its answer is computed when it can be sent.
+   */
+  private async readable(connection: ClientConnection): Promise<void> {
+    for (;;) {
+      await this.manager.readBarrier();
+      await new Promise<void>((resolve) => {
+        this.readsWaiting.push(resolve);
+        this.scheduleReadTurn();
+      });
+      if (connection.outputPaused) {
+        await connection.drained();
+        continue;
+      }
+      // The read lease may have run out while earlier reads had their turns.
+      if (this.manager.canServeReadsNow()) return;
+    }
+  }
+
+  private scheduleReadTurn(): void {
+    if (this.readTurnScheduled || this.readsWaiting.length === 0) return;
+    this.readTurnScheduled = true;
+    setImmediate(() => {
+      this.readTurnScheduled = false;
+      // Its read runs in the microtasks right after this callback; the next read gets the next turn.
+      this.readsWaiting.shift()!();
+      this.scheduleReadTurn();
+    });
+  }
+
+  /**
+   * Runs after the connection's earlier register, login and auth requests have finished: two
+   * pipelined registers would otherwise both pass the "not logged in yet" check and make two accounts.
+   */
+  private oneSessionChangeAtATime<T>(connection: ClientConnection, work: () => Promise<T>): Promise<T> {
+    const run = connection.sessionChange.then(work);
+    connection.sessionChange = run.catch(() => {});
+    return run;
   }
 
   /** Proposes a write and answers with its response, or throws its error. */
@@ -362,6 +509,8 @@ export class ClientService {
     const found = this.queries.session(sessionId);
     if (!found) throw new ChatError(errorCodes.BAD_SESSION, "session ended before it could start");
     this.detachSession(connection);
+    // The client went away while its password was checked or its login committed: it is not online.
+    if (connection.closed) throw new ChatError(errorCodes.UNAVAILABLE, "connection closed before the session started");
     connection.session = { userId: found.userId, username: found.username, sessionId };
     let sessions = this.online.get(found.userId);
     if (!sessions) this.online.set(found.userId, (sessions = new Set()));

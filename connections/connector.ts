@@ -182,9 +182,14 @@ export class EventSequencer {
     this.overflowed = false;
   }
 
-  /** events_since must start after this seq. */
+  /**
+   * events_since must start after this seq. One before the last delivered event's own seq: the link
+   * may have dropped after some of the events of that entry arrived and before the rest did (and a
+   * resume that overflowed dropped live events at that seq). The ones already delivered are
+   * recognised by content and not delivered twice.
+   */
   get resumeFrom(): number {
-    return this.lastSeq;
+    return this.keysAtLastSeq.size > 0 ? this.lastSeq - 1 : this.lastSeq;
   }
 
   /** The last resume dropped buffered live events; another resume fetches them. */
@@ -211,7 +216,16 @@ export class EventSequencer {
     return [];
   }
 
-  /** `resumed` are the events_since pages (everything after resumeFrom up to `upTo`). Returns what to deliver. */
+  /**
+   * One events_since page, in seq order, while the resume runs: delivered at once, so a long backlog
+   * is neither held in memory nor lost when the link drops halfway (the next resume goes on from it).
+   */
+  onResumedPage(events: ChatEvent[]): ChatEvent[] {
+    assert(this.resuming, "a resumed page without beginResume");
+    return this.admit(events);
+  }
+
+  /** The resume reached `upTo`: returns the buffered live events still to deliver. */
   endResume(resumed: ChatEvent[], upTo: number): ChatEvent[] {
     assert(this.resuming, "endResume without beginResume");
     const merged = [...resumed, ...this.buffer].map((event, order) => ({ event, order }));
@@ -483,6 +497,17 @@ const clientIdPattern = /^[A-Za-z0-9_-]{8,64}$/;
 const connectorOwnedTypes = new Set<RequestType>(["hello", "events_since"]);
 
 const EventsSincePage = z.object({ events: z.array(ChatEvent), more: z.boolean(), upTo: z.number().int() });
+/** What the connector itself needs from a register, login or auth answer. */
+const SessionAnswer = z.object({ token: z.string(), username: z.string(), seq: z.number().int().min(0) });
+/** Requests whose success ends this connector's session. */
+const endsSession = new Set<RequestType>(["logout", "delete_account"]);
+
+/** The data of an answer, checked against what the protocol promises for it. */
+function answerOf<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new ChatError(errorCodes.BAD_RESPONSE, `the server's ${what} answer does not match the protocol: ${parsed.error.issues[0]?.message}`);
+  return parsed.data;
+}
 
 export class ClientConnector extends EventEmitter<ConnectorEvents> {
   readonly clientId: string;
@@ -608,7 +633,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
   request(type: RequestType, fields: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
     if (this.closed) return Promise.reject(new ClosedError());
     if (connectorOwnedTypes.has(type)) return Promise.reject(new ChatError(errorCodes.BAD_REQUEST, `${type} is sent by the connector itself`));
-    const checked = Request.safeParse({ v: protocolVersion, id: 1, type, ...fields });
+    const checked = Request.safeParse({ ...fields, v: protocolVersion, id: 1, type });
     if (!checked.success) {
       const problems = checked.error.issues.slice(0, 5).map((issue) => `${issue.path.join(".") || "(request)"}: ${issue.message}`);
       return Promise.reject(new ChatError(errorCodes.BAD_REQUEST, problems.join("; ")));
@@ -657,24 +682,24 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     await this.request("delete_account", { password });
   }
   async sendDm(to: string, body: string): Promise<MessageView> {
-    return MessageView.parse((await this.request("send_dm", { to, body })).message);
+    return answerOf(MessageView, (await this.request("send_dm", { to, body })).message, "send_dm");
   }
   async post(channel: string, body: string): Promise<MessageView> {
-    return MessageView.parse((await this.request("post", { channel, body })).message);
+    return answerOf(MessageView, (await this.request("post", { channel, body })).message, "post");
   }
   async history(conversation: string, options: { before?: number; after?: number; limit?: number } = {}): Promise<MessageView[]> {
-    return z.array(MessageView).parse((await this.request("history", { conversation, ...options })).messages);
+    return answerOf(z.array(MessageView), (await this.request("history", { conversation, ...options })).messages, "history");
   }
   async readUndelivered(limit?: number): Promise<{ messages: MessageView[]; remaining: number }> {
     const data = await this.request("read_undelivered", limit === undefined ? {} : { limit });
-    return { messages: z.array(MessageView).parse(data.messages), remaining: Number(data.remaining ?? 0) };
+    return { messages: answerOf(z.array(MessageView), data.messages, "read_undelivered"), remaining: Number(data.remaining ?? 0) };
   }
   async listUsers(pattern = "*", after?: string, limit?: number): Promise<{ users: { username: string; online: boolean }[]; next: string | null }> {
     return (await this.request("list_users", { pattern, ...(after ? { after } : {}), ...(limit ? { limit } : {}) })) as { users: { username: string; online: boolean }[]; next: string | null };
   }
   async listChannels(pattern = "*", after?: string, limit?: number): Promise<{ channels: ChannelView[]; next: string | null }> {
     const data = await this.request("list_channels", { pattern, ...(after ? { after } : {}), ...(limit ? { limit } : {}) });
-    return { channels: z.array(ChannelView).parse(data.channels), next: (data.next as string | null) ?? null };
+    return { channels: answerOf(z.array(ChannelView), data.channels, "list_channels"), next: (data.next as string | null) ?? null };
   }
   async createChannel(channel: string, topic = ""): Promise<void> {
     await this.request("create_channel", { channel, topic });
@@ -698,7 +723,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     await this.request("mark_read", { conversation, messageId });
   }
   async unread(): Promise<UnreadSummary> {
-    return UnreadSummary.parse(await this.request("unread"));
+    return answerOf(UnreadSummary, await this.request("unread"), "unread");
   }
 
   /** Moves waiting requests into flight while the in-flight bound allows. */
@@ -722,7 +747,8 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     if (this.currentState !== "ready" || !link || link.closed || request.sentOn || request.retryTimer) return;
     request.sentOn = link;
     request.attempts += 1;
-    link.send({ v: protocolVersion, id: request.id, type: request.type, ...request.fields });
+    // The envelope last: a caller's fields can never replace the id (exactly-once) or the type.
+    link.send({ ...request.fields, v: protocolVersion, id: request.id, type: request.type });
     request.attemptTimer = setTimeout(() => this.onAttemptTimeout(request, link), this.settings.requestTimeoutMs);
     this.hooks.onRequestSent?.({ id: request.id, type: request.type, serverId: link.machine.id, attempt: request.attempts });
   }
@@ -767,11 +793,18 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     request.attemptTimer = null;
     request.sentOn = null;
     if (frame.type === "ok") {
-      this.onSessionResponse(request.type, frame.data);
-      return this.finish(request, frame.data);
+      const problem = this.onSessionResponse(request.type, frame.data);
+      return this.finish(request, problem ?? frame.data);
     }
     const error = new ServerError(frame.code as ErrorCode, frame.message, frame.primary);
     request.lastError = error;
+    if (endsSession.has(request.type) && request.unanswered && (frame.code === errorCodes.NOT_LOGGED_IN || frame.code === errorCodes.BAD_SESSION)) {
+      // A retry whose first attempt ended the session cannot be answered with the session it
+      // needed: the logout or deletion has taken effect (docs/protocol.md §4).
+      this.logger.info({ id: request.id, type: request.type, code: frame.code }, "retried request found its session ended: it took effect");
+      this.endSession(request.type);
+      return this.finish(request, {});
+    }
     if (frame.code === errorCodes.NOT_PRIMARY) return this.onNotPrimary(request, link, error);
     if (frame.code === errorCodes.UNAVAILABLE || frame.code === errorCodes.OVERLOADED) return this.onTransientError(request, error);
     this.finish(request, error);
@@ -804,17 +837,22 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     }, delay);
   }
 
-  /** Remembers the session token (never the password) and where pushes start. */
-  private onSessionResponse(type: RequestType, data: Record<string, unknown>): void {
+  /** Remembers the session token (never the password) and where pushes start; an error if the answer lacks them. */
+  private onSessionResponse(type: RequestType, data: Record<string, unknown>): ChatError | undefined {
     if (type === "login" || type === "register" || type === "auth") {
-      assert(typeof data.token === "string" && typeof data.username === "string" && Number.isInteger(data.seq), `${type} response carries token, username and seq`);
-      this.token = data.token;
-      this.username = data.username;
-      this.sequencer.reset(data.seq as number);
-      this.emit("session", { username: data.username }, type);
-    } else if (type === "logout" || type === "delete_account") {
+      const session = SessionAnswer.safeParse(data);
+      if (!session.success) {
+        this.logger.warn({ type, issues: session.error.issues.slice(0, 3) }, "session answer does not match the protocol");
+        return new ChatError(errorCodes.BAD_RESPONSE, `the server's ${type} answer lacks its token, username or seq`);
+      }
+      this.token = session.data.token;
+      this.username = session.data.username;
+      this.sequencer.reset(session.data.seq);
+      this.emit("session", { username: session.data.username }, type);
+    } else if (endsSession.has(type)) {
       this.endSession(type);
     }
+    return undefined;
   }
 
   private endSession(reason: string): void {
@@ -871,9 +909,11 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     if (!this.discovery) {
       const run = this.runDiscovery(reason);
       this.discovery = run;
-      void run.finally(() => {
-        if (this.discovery === run) this.discovery = null;
-      });
+      run
+        .finally(() => {
+          if (this.discovery === run) this.discovery = null;
+        })
+        .catch(() => {});
     }
     return this.discovery;
   }
@@ -884,7 +924,13 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     this.logger.info({ reason, failedId }, "looking for the primary");
     this.setState(this.everReady ? "failing-over" : "connecting", null, reason);
     for (let attempt = 1; !this.closed; attempt += 1) {
-      const found = await this.findPrimary(failedId);
+      let found: Awaited<ReturnType<ClientConnector["findPrimary"]>> = null;
+      try {
+        found = await this.findPrimary(failedId);
+      } catch (error) {
+        // A bug here must not end the search (nor the process, as an unhandled rejection).
+        this.logger.error({ err: error }, "looking for the primary failed; trying again");
+      }
       if (found && (await this.establish(found.connection, found.status))) return;
       if (this.closed) return;
       await pause(backoffDelayMs(attempt, this.settings.retryBackoffMinMs, this.settings.retryBackoffMaxMs, this.random), this.stopper.signal);
@@ -905,7 +951,9 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       const probe = await this.probe(id);
       if ("connection" in probe) return probe;
       const next = probe.primaryId;
-      if (next !== null && !tried.has(next) && healthById.get(next)?.up !== false && redirects < this.settings.redirectsMax) {
+      // A hint is followed only to a machine in our config: the server's list may be newer than ours.
+      const known = next !== null && healthById.has(next);
+      if (next !== null && known && !tried.has(next) && healthById.get(next)?.up !== false && redirects < this.settings.redirectsMax) {
         redirects += 1;
         queue.unshift(next);
       }
@@ -983,22 +1031,30 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
   /** Fetches every event after the last one seen, merges the live ones that arrive meanwhile, delivers. */
   private async resumeEvents(connection: FrameConnection): Promise<void> {
     this.sequencer.beginResume();
-    const resumed: ChatEvent[] = [];
     let after = this.sequencer.resumeFrom;
     let upTo = after;
+    let fetched = 0;
+    let delivered = 0;
     for (let page = 0; ; page += 1) {
-      if (page >= connectorResumePagesMax) throw new Error(`more than ${connectorResumePagesMax} pages of missed events`);
+      // Each page is delivered as it comes, so a resume cut short here goes on from it next time.
+      if (page >= connectorResumePagesMax) throw new Error(`more than ${connectorResumePagesMax} pages of missed events in one resume`);
       const reply = await connection.call({ v: protocolVersion, id: this.allocateId(), type: "events_since", afterSeq: after, limit: pageSizeMax }, this.settings.requestTimeoutMs);
       if (reply.type !== "ok") throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary);
-      const data = EventsSincePage.parse(reply.data);
-      resumed.push(...data.events);
-      upTo = Math.max(upTo, data.upTo);
-      if (!data.more || data.events.length === 0) break;
-      after = data.events[data.events.length - 1].seq;
+      const data = EventsSincePage.safeParse(reply.data);
+      if (!data.success) throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${data.error.issues[0]?.message}`);
+      if (connection.closed || this.link !== connection) throw new Error("link lost during the resume");
+      fetched += data.data.events.length;
+      for (const event of this.sequencer.onResumedPage(data.data.events)) {
+        delivered += 1;
+        this.deliver(event);
+      }
+      upTo = Math.max(upTo, data.data.upTo);
+      if (!data.data.more || data.data.events.length === 0) break;
+      after = data.data.events[data.data.events.length - 1].seq;
     }
-    const delivered = this.sequencer.endResume(resumed, upTo);
-    this.logger.info({ server: connection.machine.id, fetched: resumed.length, delivered: delivered.length, upTo }, "resumed push events");
-    for (const event of delivered) this.deliver(event);
+    const live = this.sequencer.endResume([], upTo);
+    this.logger.info({ server: connection.machine.id, fetched, delivered: delivered + live.length, upTo }, "resumed push events");
+    for (const event of live) this.deliver(event);
   }
 
   private onPush(link: FrameConnection, frame: EventFrame): void {

@@ -46,6 +46,30 @@ export const sessionTokenBytes = 32;
 // No dedup window: every write's response lives in its log entry, found by (clientId, request id).
 /** Requests a single connection may have outstanding before the server answers CHAT_ERR_OVERLOADED. */
 export const connectionInflightMax = 1024;
+/**
+ * Frames of one connection handled per turn of the event loop; the rest wait, with the socket
+ * paused. One 64 KB read can hold ~700 history requests of 500 rows each: handled in one turn, that
+ * is seconds of work, past freezeDetectMs, and the primary would treat itself as restarted.
+ */
+export const connectionFramesPerTurnMax = 32;
+/**
+ * A connection whose unsent output passes this stops being read until the client reads (drain):
+ * a client that sends requests and never reads their answers cannot grow the server's memory.
+ */
+export const connectionOutputPauseBytes = 1024 * 1024;
+/**
+ * Unsent output past this (pushes keep coming while reading is paused) closes the connection. The
+ * client reconnects and catches up with events_since, so nothing is lost. Above the largest single
+ * frame the server sends (a history page of 500 long messages, JSON escaped, is ~12 MB).
+ */
+export const connectionOutputMaxBytes = 32 * 1024 * 1024;
+/**
+ * Password checks (scrypt, ~16 MB and tens of ms each) running at once on this server. They run on
+ * libuv's thread pool, which the primary's fsyncs share: the rest of its 4 threads stay free for them.
+ */
+export const passwordChecksConcurrentMax = 2;
+/** Password checks waiting for one of those slots; more get CHAT_ERR_OVERLOADED. */
+export const passwordChecksQueuedMax = 1024;
 
 // ---- replication ---------------------------------------------------------
 export const tickIntervalMs = 10;

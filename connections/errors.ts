@@ -31,6 +31,7 @@ export const errorCodes = {
   TIMEOUT: "CHAT_ERR_TIMEOUT",
   OUTCOME_UNKNOWN: "CHAT_ERR_OUTCOME_UNKNOWN",
   CLOSED: "CHAT_ERR_CLOSED",
+  BAD_RESPONSE: "CHAT_ERR_BAD_RESPONSE",
 } as const;
 
 export type ErrorCode = (typeof errorCodes)[keyof typeof errorCodes];

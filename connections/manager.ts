@@ -270,6 +270,11 @@ export class ConnectionManager {
     return new Promise((resolve, reject) => this.pendingReads.push({ index, resolve, reject }));
   }
 
+  /** Reads of what is committed can be answered now, without waiting (see readBarrier). */
+  canServeReadsNow(): boolean {
+    return this.core.canServeReads(monotonicMs());
+  }
+
   private notPrimary(): WriteOutcome {
     return { ok: false, code: errorCodes.NOT_PRIMARY, message: `server ${this.self.id} is not the primary` };
   }
@@ -300,8 +305,9 @@ export class ConnectionManager {
   private propose(batch: QueuedWrite[]): void {
     if (this.store.pendingApply > 0) {
       // Only a server that just took over can be here (a serving primary has applied everything):
-      // its config entry waits until the state it will be checked against is complete. The core asks
-      // again every tick until it sees the entry, and only its newest config is worth proposing.
+      // its config entry waits until the state it will be checked against is complete. The core
+      // proposes no other config until that entry is in the log (Replica.primaryTick); should one
+      // come anyway, only the newest config is worth proposing.
       const isConfig = (queued: QueuedWrite[]) => queued.length === 1 && queued[0].command.op === "config";
       if (this.deferredProposals.length === 0) this.logger.info({ pendingApply: this.store.pendingApply }, "proposal waits for the logged entries to be applied");
       if (isConfig(batch)) this.deferredProposals = this.deferredProposals.filter((deferred) => !isConfig(deferred.batch));
@@ -349,7 +355,7 @@ export class ConnectionManager {
     // A role change (a takeover counts the whole log as its own, a deposed primary reports its log to
     // the next one) or a freeze sees the log as durable: finish any sync still on the thread pool first.
     if (this.syncsInFlight > 0 && actions.some((action) => action.type === "role" || action.type === "frozen")) {
-      this.store.syncLogNow();
+      this.syncLogOrStop();
       this.logger.info({ syncsInFlight: this.syncsInFlight }, "finished the log syncs still running before a role change");
     }
     // The same for the appends of this peer read, and before a truncation rewrites what they logged.
@@ -416,10 +422,23 @@ export class ConnectionManager {
   }
 
   private syncHeldLog(): void {
-    // A failed fsync leaves the file's state unknown (it cannot be retried): stop, as for a crash.
-    this.store.syncLogNow();
+    this.syncLogOrStop();
     this.logUnsynced = false;
     for (const { to, message } of this.heldSends.splice(0)) this.links.send(to, message);
+  }
+
+  /**
+   * A failed fsync leaves the file's state unknown (it cannot be retried): the process stops at once,
+   * as for a crash. Thrown instead, it could reach a caller that answers it as one failed request
+   * (a client frame that asked whether this server is primary) while the server went on.
+   */
+  private syncLogOrStop(): void {
+    try {
+      this.store.syncLogNow();
+    } catch (error) {
+      this.logger.fatal({ err: error }, "fsync of the log failed; stopping");
+      process.exit(1);
+    }
   }
 
   // ---- applying logged entries ---------------------------------------------

@@ -99,6 +99,9 @@ type Candidacy = {
 };
 type Config = { epoch: number; index: number; primary: NodeId | null; members: NodeId[] };
 
+/** pendingConfigIndex of a new primary whose takeover config the shell has not proposed yet. */
+const takeoverConfigNotProposed = Number.MAX_SAFE_INTEGER;
+
 export class Replica {
   readonly id: NodeId;
   private readonly order: NodeId[];
@@ -516,6 +519,10 @@ export class Replica {
   // ---- primary -----------------------------------------------------------------
 
   private primaryTick(actions: Action[], now: number): void {
+    // Until the takeover's own config is in the log (the shell may hold it back while it applies a
+    // backlog), config() is still the old primary's: members removed or added from it would replace
+    // the takeover's set with one that names servers this primary never counted, and nothing would commit.
+    if (this.pendingConfigIndex === takeoverConfigNotProposed) return;
     const config = this.config();
     this.retransmit(now);
     // A silent member, or one that has stopped acknowledging, is removed from the in-sync set
@@ -827,7 +834,10 @@ export class Replica {
   private onJoinTruncate(actions: Action[], from: NodeId, message: PeerMessageOf<"join_truncate">): void {
     if (this.role === "primary" || this.candidacy) return;
     if (this.eligible) return; // a member's log never diverges from its primary's
-    if (from === this.joinTarget) this.joinAnswered = true;
+    // Fenced like an append: only from the primary we asked to join, and never from an older epoch.
+    // A deposed primary's late join_truncate would otherwise cut entries its successor committed here.
+    if (message.epoch < this.promised || from !== this.joinTarget) return;
+    this.joinAnswered = true;
     this.matchedIndex = 0;
     const keep = Math.min(message.truncateTo, this.log.lastIndexAtOrBeforeEpoch(message.truncateEpoch), this.log.lastIndex);
     if (keep < this.log.lastIndex) actions.push({ type: "truncate", afterIndex: keep });
@@ -995,7 +1005,7 @@ export class Replica {
     this.ackRound.clear();
     this.leaseExpiry = 0;
     this.persistedIndex = this.log.lastIndex;
-    this.pendingConfigIndex = Number.MAX_SAFE_INTEGER; // set to the real index when the config entry is proposed
+    this.pendingConfigIndex = takeoverConfigNotProposed; // set to the real index when the config entry is proposed
     for (const id of candidacy.members) {
       if (id === this.id) continue;
       const ok = candidacy.oks.get(id)!;

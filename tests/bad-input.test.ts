@@ -94,6 +94,8 @@ const nonFatal: { name: string; line: string; code: string; id: number }[] = [
   { name: "a __proto__ field", line: '{"v":1,"id":42,"type":"post","channel":"general","body":"x","__proto__":{"admin":true}}', code: "CHAT_ERR_BAD_REQUEST", id: 42 },
   { name: "duplicate keys, the last one wrong", line: '{"v":1,"id":43,"type":"post","channel":"general","body":"x","body":7}', code: "CHAT_ERR_BAD_REQUEST", id: 43 },
   { name: "invalid UTF-8 inside a string", line: '{"v":1,"id":44,"type":"post","channel":"gen\xff\xfeal","body":"x"}', code: "CHAT_ERR_BAD_REQUEST", id: 44 },
+  // Parses (60 KB), but is too deep for JSON.stringify: naming it in the error once crashed the server.
+  { name: "a type nested 30,000 arrays deep", line: `{"v":1,"id":45,"type":${"[".repeat(30_000)}${"]".repeat(30_000)}}`, code: "CHAT_ERR_UNKNOWN_TYPE", id: 45 },
 ];
 
 describe("malformed frames are answered with an error code and change nothing", () => {

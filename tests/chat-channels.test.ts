@@ -296,3 +296,33 @@ describe("post and history", () => {
     expect(await unreadOf(a)).toEqual({ conversation: `#${channel}`, unread: 1, lastMessageId: ids[2] });
   });
 });
+
+describe("pushes follow membership at the entry", () => {
+  it("a user who joins right after a post (even in the same group commit) never gets it as a push; one who joined before does", async () => {
+    // Method: a post and a join sent back to back on two connections, so the server often logs both in
+    // one batch and pushes once both are committed. Pushes to a connection keep log order, so once a
+    // later post has arrived, an earlier push that has not arrived never will.
+    const poster = (await server.register(uniqueName("pushP"))).client;
+    const rounds = 15;
+    let joinedAfter = 0;
+    for (let round = 0; round < rounds; round += 1) {
+      const channel = uniqueChannel("pushm");
+      await poster.ok("create_channel", { channel });
+      const joiner = (await server.register(uniqueName("pushJ"))).client;
+      const [posted, joined] = await Promise.all([poster.request("post", { channel, body: `first ${round}` }), joiner.request("join_channel", { channel })]);
+      expect(posted.type).toBe("ok");
+      expect(joined.type).toBe("ok");
+      const firstId = (posted.data!.message as { id: number }).id;
+      const second = await post(poster, channel, `second ${round}`);
+      await waitForPush(joiner, { kind: "message", message: { id: second } });
+      const got = joiner.events.some((frame) => frame.event?.message?.id === firstId);
+      // The join's log index is its notice's seq at the poster, who is a member: it tells the order.
+      const joinSeq = (await waitForPush(poster, { kind: "member_joined", channel })).seq!;
+      if (joinSeq > firstId) joinedAfter += 1;
+      expect(got, `round ${round}: post ${firstId}, join ${joinSeq}`).toBe(joinSeq < firstId);
+      joiner.close();
+    }
+    // The interesting order happened at least once.
+    expect(joinedAfter).toBeGreaterThan(0);
+  });
+});

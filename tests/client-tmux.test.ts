@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TestClient } from "./helpers/client.js";
 import { TestCluster, repoRoot, sleep } from "./helpers/cluster.js";
 
 const password = "password123";
@@ -192,6 +193,18 @@ describe("full-screen client in tmux", () => {
     let text = await waitForScreen("dave", (text) => currentWindow(text) === "#den" && text.includes("already in #den"), "/join to switch to #den");
     expect(text).not.toContain("CHAT_ERR_ALREADY_MEMBER");
     await waitForScreen("dave", (text) => text.includes("#den - den-topic"), "the reopened #den window's topic");
+    // A topic is any text its admin chose: set from a raw connection, its control characters show
+    // as "?" in the top bar and never reach the terminal as an escape sequence (here OSC 0, the title).
+    const primary = cluster.machine(await cluster.waitForPrimary());
+    const raw = await TestClient.connect(primary.host, primary.clientPort);
+    try {
+      await raw.ok("hello", { clientId: `tmux-raw-${randomBytes(4).toString("hex")}` });
+      await raw.ok("login", { username: "dave", password });
+      await raw.ok("set_topic", { channel: "den", topic: "\u001b]0;pwned\u0007 after" });
+    } finally {
+      raw.close();
+    }
+    await waitForScreen("dave", (text) => text.includes("#den - ?]0;pwned? after"), "the topic with its control characters as ?");
 
     await type("dave", "/msg erin hello-erin-via-msg");
     text = await waitForScreen("dave", (text) => text.includes("[msg(erin)] hello-erin-via-msg"), "the /msg echo in #den");

@@ -347,8 +347,121 @@ describe("connector decisions (no I/O)", () => {
     expect(sequencer.onLive(message(12))).toEqual([]);
     const delivered = sequencer.endResume([message(4), message(6), message(8), left, admin], 10);
     expect(delivered).toEqual([message(6), message(8), left, admin, message(12)]);
-    expect(sequencer.resumeFrom).toBe(12);
+    // One before the last delivered seq: a resume fetches seq 12 again, and the part already delivered is not delivered twice.
+    expect(sequencer.resumeFrom).toBe(11);
     expect(sequencer.onLive(admin)).toEqual([]);
     expect(sequencer.onLive(message(13))).toEqual([message(13)]);
+  });
+
+  it("a link that drops between two events of one seq loses neither: the resume fetches that seq again and delivers only the missing one", () => {
+    const left: ChatEvent = { seq: 9, event: { kind: "member_left", channel: "x", user: "a" } };
+    const admin: ChatEvent = { seq: 9, event: { kind: "admin_changed", channel: "x", admin: "b" } };
+    const sequencer = new EventSequencer(100);
+    sequencer.reset(5);
+    expect(sequencer.onLive(left)).toEqual([left]);
+    // The link drops here; admin_changed at the same seq never arrived.
+    sequencer.beginResume();
+    const from = sequencer.resumeFrom;
+    expect(from).toBe(8);
+    const page = [left, admin].filter((event) => event.seq > from);
+    expect(sequencer.onResumedPage(page)).toEqual([admin]);
+    expect(sequencer.endResume([], 9)).toEqual([]);
+    // After a resume that reached upTo with nothing new, the next one starts at upTo.
+    expect(sequencer.resumeFrom).toBe(8);
+    sequencer.beginResume();
+    expect(sequencer.endResume([], 20)).toEqual([]);
+    expect(sequencer.resumeFrom).toBe(20);
+  });
+
+  it("resumed pages are delivered as they come; live events buffered meanwhile follow once, in seq order", () => {
+    const message = (seq: number): ChatEvent => ({ seq, event: { kind: "message", message: { id: seq, conversation: "#general", from: "a", body: `m${seq}`, ts: 0 } } });
+    const sequencer = new EventSequencer(100);
+    sequencer.reset(0);
+    sequencer.beginResume();
+    expect(sequencer.onLive(message(3))).toEqual([]);
+    expect(sequencer.onLive(message(7))).toEqual([]);
+    expect(sequencer.onResumedPage([message(1), message(2)])).toEqual([message(1), message(2)]);
+    expect(sequencer.onResumedPage([message(3), message(4)])).toEqual([message(3), message(4)]);
+    expect(sequencer.endResume([], 5)).toEqual([message(7)]);
+    expect(sequencer.onLive(message(7))).toEqual([]);
+  });
+});
+
+/**
+ * A server that speaks the frame protocol but answers as `answer` says: for the connector's
+ * handling of answers no real server gives. Real TCP on 127.0.0.1, port 0.
+ */
+class ScriptedServer {
+  private readonly sockets = new Set<net.Socket>();
+  private readonly server: net.Server;
+  port = 0;
+
+  private constructor(answer: (request: Record<string, any>) => Record<string, unknown> | null) {
+    this.server = net.createServer((socket) => {
+      this.sockets.add(socket);
+      socket.on("close", () => this.sockets.delete(socket));
+      socket.on("error", () => {});
+      let tail = "";
+      socket.on("data", (data) => {
+        const lines = (tail + data.toString("utf8")).split("\n");
+        tail = lines.pop()!;
+        for (const line of lines) {
+          const reply = answer(JSON.parse(line));
+          if (reply) socket.write(`${JSON.stringify(reply)}\n`);
+        }
+      });
+    });
+  }
+
+  static async start(answer: (request: Record<string, any>) => Record<string, unknown> | null): Promise<ScriptedServer> {
+    const scripted = new ScriptedServer(answer);
+    await new Promise<void>((resolve) => scripted.server.listen(0, "127.0.0.1", resolve));
+    scripted.port = (scripted.server.address() as net.AddressInfo).port;
+    return scripted;
+  }
+
+  close(): void {
+    this.server.close();
+    for (const socket of this.sockets) socket.destroy();
+  }
+}
+
+describe("ClientConnector against answers no real server gives", () => {
+  const scripted: ScriptedServer[] = [];
+  afterEach(() => {
+    for (const server of scripted.splice(0)) server.close();
+  });
+  const status = (role: string, primaryId: number | null) => ({ serverId: 1, role, epoch: 3, primaryId, commitIndex: 10, lastIndex: 10, appliedIndex: 10, members: [1] });
+  const quiet = pino({ level: "silent" });
+
+  it("a backup naming a primary that is not in the client's config is not followed, and the search goes on", async () => {
+    let hellos = 0;
+    const server = await ScriptedServer.start((request) => {
+      if (request.type === "hello") hellos += 1;
+      return { v: 1, type: "ok", id: request.id, data: { ...status("backup", 99), protocol: 1 } };
+    });
+    scripted.push(server);
+    const connector = new ClientConnector({ machines: [{ id: 1, host: "127.0.0.1", clientPort: server.port, peerPort: 1 }], clusterSecret: "unused-secret" }, { logger: quiet, retryBackoffMinMs: 5, retryBackoffMaxMs: 20 });
+    connectors.push(connector);
+    void connector.connect().catch(() => {});
+    // Unfollowed, the hint is harmless: the connector keeps asking the one machine it knows.
+    await waitUntil(() => hellos >= 3, 10000, "three discovery passes");
+    expect(connector.state).toBe("connecting");
+  });
+
+  it("a login answered ok without a token rejects with CHAT_ERR_BAD_RESPONSE, and the connector keeps working", async () => {
+    const server = await ScriptedServer.start((request) => {
+      if (request.type === "hello" || request.type === "ping") return { v: 1, type: "ok", id: request.id, data: { ...status("primary", 1), protocol: 1 } };
+      if (request.type === "login") return { v: 1, type: "ok", id: request.id, data: { username: request.username, seq: 0 } };
+      if (request.type === "history") return { v: 1, type: "ok", id: request.id, data: { messages: [{ id: "not a number" }] } };
+      return { v: 1, type: "error", id: request.id, code: "CHAT_ERR_NOT_LOGGED_IN", message: "log in first" };
+    });
+    scripted.push(server);
+    const connector = new ClientConnector({ machines: [{ id: 1, host: "127.0.0.1", clientPort: server.port, peerPort: 1 }], clusterSecret: "unused-secret" }, { logger: quiet });
+    connectors.push(connector);
+    await connector.connect();
+    await expect(connector.login("alice", password)).rejects.toMatchObject({ code: errorCodes.BAD_RESPONSE });
+    await expect(connector.history("#general")).rejects.toMatchObject({ code: errorCodes.BAD_RESPONSE });
+    await expect(connector.post("general", "hi")).rejects.toMatchObject({ code: errorCodes.NOT_LOGGED_IN });
   });
 });

@@ -11,7 +11,7 @@ import { ChannelName, Username } from "../schema.js";
 import { formatClock } from "../utils.js";
 import { afterArgs, commonPrefix, completionCandidates, findCommand, helpLines, parseInput } from "./commands.js";
 import { InputLine } from "./input.js";
-import { visibleRows, type PaneLine, type PaneRow } from "./layout.js";
+import { sanitize, visibleRows, type PaneLine, type PaneRow } from "./layout.js";
 
 /** Lines kept per window; older ones are dropped (the server keeps history: /history reloads them). */
 export const windowLinesMax = 2000;
@@ -137,7 +137,8 @@ export class ChatController {
   topBar(): string {
     const window = this.current;
     if (window.kind === "status") return "Chat+ status window - /help for commands";
-    if (window.kind === "channel") return `${window.name}${window.topic ? ` - ${window.topic}` : ""}`;
+    // A topic is any text an admin chose: control characters would reach the terminal as escape sequences.
+    if (window.kind === "channel") return `${window.name}${window.topic ? ` - ${sanitize(window.topic)}` : ""}`;
     return `${window.name} - direct messages`;
   }
 

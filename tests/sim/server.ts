@@ -84,6 +84,11 @@ export class SimServer {
   private pendingWrites: Pending[] = [];
   private waitingDedup: Pending[] = [];
   private wasServing = false;
+  /**
+   * A config the shell holds back: the real manager proposes nothing while its state is behind its
+   * log (a takeover right after a catch-up applies the backlog first), and only its newest config.
+   */
+  private heldConfig: { epoch: number; config: Command } | null = null;
 
   constructor(
     readonly id: number,
@@ -196,7 +201,25 @@ export class SimServer {
     });
   }
 
+  /** As a new primary applying a catch-up backlog does: its takeover config is proposed `delayMs` later. */
+  private holdConfig(config: Command, delayMs: number): void {
+    this.heldConfig = { epoch: this.core.epoch, config };
+    this.world.trace(`${this.id} takeover config held for ${delayMs}ms (state behind the log)`);
+    const incarnation = this.incarnation;
+    this.world.at(this.world.now + delayMs, () => {
+      if (this.incarnation !== incarnation) return;
+      this.handle("held config", () => {
+        const held = this.heldConfig;
+        this.heldConfig = null;
+        if (!held) return;
+        // A proposal of an epoch this server no longer leads is dropped.
+        if (this.core.currentRole === "primary" && this.core.epoch === held.epoch) this.propose([{ clientId: null, requestId: null, command: held.config, attempts: [] }]);
+      });
+    });
+  }
+
   private resetShell(): void {
+    this.heldConfig = null;
     this.queue = [];
     this.flushScheduled = false;
     this.pendingWrites = [];
@@ -336,9 +359,21 @@ export class SimServer {
           this.world.onPromise(this, action.epoch);
           if (!this.world.shellBugs.has("promise-volatile")) this.storage.promisedEpoch = action.epoch;
           break;
-        case "propose_config":
-          this.propose([{ clientId: null, requestId: null, command: freezeCommand(action.config), attempts: [] }]);
+        case "propose_config": {
+          const command = freezeCommand(action.config);
+          if (this.heldConfig) {
+            // manager.propose: a newer config replaces the one waiting.
+            this.heldConfig = { epoch: this.core.epoch, config: command };
+            this.world.trace(`${this.id} config ${action.reason} held, replacing the one held`);
+            break;
+          }
+          if (action.reason === "takeover" && this.rng.chance(0.3)) {
+            this.holdConfig(command, this.rng.int(10, 300));
+            break;
+          }
+          this.propose([{ clientId: null, requestId: null, command, attempts: [] }]);
           break;
+        }
         case "commit":
           this.world.onCommit(this, action.index);
           this.onCommit(action.index);
