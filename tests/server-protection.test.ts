@@ -35,7 +35,7 @@ async function isOnline(asker: TestClient, username: string): Promise<boolean> {
   return (users as { username: string; online: boolean }[]).find((user) => user.username === username)?.online === true;
 }
 
-/** Pipelines `lines` (complete request frames) at most `depth` unanswered at a time; resolves when all are answered. */
+/** Sends `requests` with at most `depth` unanswered at a time; resolves when all are answered ok. */
 async function pipeline(client: TestClient, requests: { type: string; fields: Record<string, unknown> }[], depth = 64): Promise<void> {
   let next = 0;
   const worker = async () => {
