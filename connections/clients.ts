@@ -385,7 +385,7 @@ export class ClientService {
         const ref = parseConversation(request.conversation);
         if (!ref) throw new ChatError(errorCodes.BAD_REQUEST, `conversation must be "@username" or "#channel"`);
         await this.readable(connection);
-        const result = this.queries.history(session.userId, ref, { before: request.before, after: request.after }, request.limit);
+        const result = this.queries.history(session.userId, ref, { before: request.before, after: request.after }, request.limit, this.manager.core.committed);
         if ("error" in result) throw new ChatError(errorCodes[result.error], describeHistoryError(result.error, request.conversation));
         return result;
       }

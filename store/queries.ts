@@ -35,9 +35,9 @@ export class Queries {
       channelHistoryBefore: s(
         "SELECT * FROM messages WHERE channel_id = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?",
       ),
-      channelHistoryAfter: s("SELECT * FROM messages WHERE channel_id = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
+      channelHistoryAfter: s("SELECT * FROM messages WHERE channel_id = ? AND id > ? AND id <= ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
       dmHistoryBefore: s("SELECT * FROM messages WHERE dm_key = ? AND id < ? AND deleted_seq IS NULL ORDER BY id DESC LIMIT ?"),
-      dmHistoryAfter: s("SELECT * FROM messages WHERE dm_key = ? AND id > ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
+      dmHistoryAfter: s("SELECT * FROM messages WHERE dm_key = ? AND id > ? AND id <= ? AND deleted_seq IS NULL ORDER BY id LIMIT ?"),
       userChannels: s("SELECT c.id, c.name FROM memberships m JOIN channels c ON c.id = m.channel_id WHERE m.user_id = ? ORDER BY c.name"),
       channelUnread: unreadStatements(db, "channel_id"),
       dmPartners: s("SELECT other_id AS other FROM dm_partners WHERE user_id = ? ORDER BY other_id"),
@@ -98,8 +98,15 @@ export class Queries {
     ref: ConversationRef,
     cursor: { before?: number; after?: number },
     limit: number,
+    /**
+     * The commit index: messages after it are applied on this primary but not yet on every in-sync
+     * server, and could still be dropped with it, so a history shows none of them (a message's id is
+     * its log index).
+     */
+    upTo: number,
   ): { messages: MessageView[] } | { error: "UNKNOWN_CHANNEL" | "NOT_MEMBER" | "UNKNOWN_USER" } {
     let rows: Row[];
+    const before = Math.min(cursor.before ?? Number.MAX_SAFE_INTEGER, upTo + 1);
     let conversation: string;
     if (ref.kind === "channel") {
       const channel = this.statements.channelByName.get(ref.channel) as Row | undefined;
@@ -108,8 +115,8 @@ export class Queries {
       conversation = `#${channel.name}`;
       rows =
         cursor.after !== undefined
-          ? (this.statements.channelHistoryAfter.all(channel.id, cursor.after, limit) as Row[])
-          : (this.statements.channelHistoryBefore.all(channel.id, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
+          ? (this.statements.channelHistoryAfter.all(channel.id, cursor.after, upTo, limit) as Row[])
+          : (this.statements.channelHistoryBefore.all(channel.id, before, limit) as Row[]).reverse();
     } else {
       const other = this.statements.dmPartnerByKey.get(ref.username.toLowerCase()) as Row | undefined;
       if (!other) return { error: "UNKNOWN_USER" };
@@ -117,8 +124,8 @@ export class Queries {
       const key = dmKey(viewer, other.id);
       rows =
         cursor.after !== undefined
-          ? (this.statements.dmHistoryAfter.all(key, cursor.after, limit) as Row[])
-          : (this.statements.dmHistoryBefore.all(key, cursor.before ?? Number.MAX_SAFE_INTEGER, limit) as Row[]).reverse();
+          ? (this.statements.dmHistoryAfter.all(key, cursor.after, upTo, limit) as Row[])
+          : (this.statements.dmHistoryBefore.all(key, before, limit) as Row[]).reverse();
     }
     return { messages: rows.map((row) => this.messageView(row, conversation)) };
   }
