@@ -92,47 +92,58 @@ export async function measureLoopbackRtt(seconds: number, messagesMax = 200_000)
   }
 }
 
-export type LastConfigCost = { entriesSinceConfig: number; msPerCall: number; indexedMsPerCall: number };
-export type LastConfigProbe = { sql: string; plan: string; indexedSql: string; indexedPlan: string; costs: LastConfigCost[] };
-
-/** The same query written so that SQLite can use the partial index log_kind (for comparison only). */
-const indexedLastConfigSql = "SELECT * FROM log WHERE kind = 'config' AND kind != 'command' ORDER BY idx DESC LIMIT 1";
+export type LastConfigCost = {
+  entriesSinceConfig: number;
+  /** Store.lastConfig(), which the Store answers from memory. */
+  msPerCall: number;
+  /** The on-disk query the Store loads that from when it opens and after a truncation. */
+  queryMsPerCall: number;
+};
+export type LastConfigProbe = { sql: string; plan: string; costs: LastConfigCost[] };
 
 const lastConfigCallsPerPoint = 20;
 
 /**
- * The cost of Store.lastConfig() (the product's own Store and statement, on a temp file) as the
- * number of log entries after the newest config entry grows. Rows are inserted straight into the
- * log table (the query only reads `log`), so this takes seconds rather than a replicated load.
+ * The cost of Store.lastConfig() (the product's own Store, on a temp file) and of the query it loads
+ * its answer from, as the number of log entries after the newest config entry grows. Rows are
+ * inserted straight into the log table (both only read `log`), so this takes seconds rather than a
+ * replicated load; the Store is reopened at each point, as a restarted server opens it.
  */
 export async function measureLastConfig(points: number[]): Promise<LastConfigProbe> {
   const { Store } = await import("../store/store.js");
   const dir = mkdtempSync(join(tmpdir(), "chatplus-bench-lastconfig-"));
-  const store = new Store(join(dir, "chat.db"), "normal");
+  const path = join(dir, "chat.db");
+  let store = new Store(path, "normal");
   try {
-    const db = store.db;
-    const insert = db.prepare("INSERT INTO log (idx, epoch, kind, client_id, request_id, body) VALUES (?, 1, ?, ?, ?, ?)");
     const command = JSON.stringify({ op: "post", actor: 1, channel: "general", body: messageBody, ts: 0 });
-    insert.run(1, "config", null, null, JSON.stringify({ op: "config", primary: 1, members: [1, 2, 3] }));
-    let last = 1;
+    const insertRows = (from: number, to: number) => {
+      const insert = store.db.prepare("INSERT INTO log (idx, epoch, kind, client_id, request_id, body) VALUES (?, 1, ?, ?, ?, ?)");
+      store.db.transaction(() => {
+        if (from === 1) insert.run(1, "config", null, null, JSON.stringify({ op: "config", primary: 1, members: [1, 2, 3] }));
+        for (let index = Math.max(from, 2); index <= to; index += 1) insert.run(index, "command", "bench", index, command);
+      })();
+    };
+    // The statement the Store really uses (better-sqlite3 keeps its SQL in .source).
+    const statementOf = (opened: InstanceType<typeof Store>) => (opened as unknown as { statements: { lastConfig: { source: string; get(): unknown } } }).statements.lastConfig;
+    let last = 0;
     const costs: LastConfigCost[] = [];
     for (const target of [...points].sort((a, b) => a - b)) {
-      db.transaction(() => {
-        for (; last <= target; last += 1) insert.run(last + 1, "command", "bench", last, command);
-      })();
+      insertRows(last + 1, target + 1);
+      last = target + 1;
+      store.close();
+      store = new Store(path, "normal");
+      if (store.lastConfig()?.index !== 1) throw new Error("the reopened store finds the config entry");
       const started = performance.now();
       for (let call = 0; call < lastConfigCallsPerPoint; call += 1) store.lastConfig();
       const msPerCall = (performance.now() - started) / lastConfigCallsPerPoint;
-      const indexed = db.prepare(indexedLastConfigSql);
-      const indexedStarted = performance.now();
-      for (let call = 0; call < lastConfigCallsPerPoint; call += 1) indexed.get();
-      costs.push({ entriesSinceConfig: target, msPerCall, indexedMsPerCall: (performance.now() - indexedStarted) / lastConfigCallsPerPoint });
+      const query = statementOf(store);
+      const queryStarted = performance.now();
+      for (let call = 0; call < lastConfigCallsPerPoint; call += 1) query.get();
+      costs.push({ entriesSinceConfig: target, msPerCall, queryMsPerCall: (performance.now() - queryStarted) / lastConfigCallsPerPoint });
     }
-    // The statement the Store really uses (better-sqlite3 keeps its SQL in .source).
-    const sql = (store as unknown as { statements: { lastConfig: { source: string } } }).statements.lastConfig.source;
-    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((row) => row.detail).join("; ");
-    const indexedPlan = (db.prepare(`EXPLAIN QUERY PLAN ${indexedLastConfigSql}`).all() as { detail: string }[]).map((row) => row.detail).join("; ");
-    return { sql, plan, indexedSql: indexedLastConfigSql, indexedPlan, costs };
+    const sql = statementOf(store).source;
+    const plan = (store.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all() as { detail: string }[]).map((row) => row.detail).join("; ");
+    return { sql, plan, costs };
   } finally {
     store.close();
     rmSync(dir, { recursive: true, force: true });
