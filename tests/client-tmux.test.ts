@@ -243,6 +243,45 @@ describe("full-screen client in tmux", () => {
     await waitForScreen(name, (text) => text.includes("client exited with status 0"), "the client to exit with status 0");
   });
 
+  it("/history into a full window says what did not fit instead of claiming it loaded it", { timeout: 120_000 }, async () => {
+    // Goal: a window keeps its newest 2,000 lines, and /history must not report older messages that
+    // were dropped again at once. Method: 2,600 posts to #deep from a raw connection; gina joins it
+    // in the UI (50 newest) and loads older pages of 500 until the window is full.
+    const primary = cluster.machine(await cluster.waitForPrimary());
+    const raw = await TestClient.connect(primary.host, primary.clientPort);
+    try {
+      await raw.ok("hello", { clientId: `tmux-deep-${randomBytes(4).toString("hex")}` });
+      await raw.ok("register", { username: "fern", password });
+      await raw.ok("create_channel", { channel: "deep", topic: "" });
+      for (let n = 0; n < 2600; n += 1) await raw.ok("post", { channel: "deep", body: `deep-${n}` });
+    } finally {
+      raw.close();
+    }
+    const name = "gina";
+    await startClient(name);
+    await registerInUi(name);
+    await type(name, "/join #deep");
+    await waitForScreen(name, (text) => currentWindow(text) === "#deep" && text.includes("deep-2599"), "#deep with its newest messages");
+    for (let page = 1; page <= 3; page += 1) {
+      await type(name, "/history 500");
+      const text = await waitForScreen(name, (text) => occurrences(text, "loaded 500 older message(s); PgUp to read them") === page, `older page ${page}`);
+      // Older messages go above the newer ones, past the status lines: the bottom still shows the newest.
+      expect(text).toContain("deep-2599");
+      expect(text).not.toContain(`deep-${2600 - 50 - 500 * page}`);
+    }
+    // 50 + 1,500 messages and the status lines: the fourth page fits only in part.
+    await type(name, "/history 500");
+    const partly = await waitForScreen(name, (text) => /loaded (\d+) older message\(s\), (\d+) did not fit/.test(text), "a page that fits in part");
+    const [, kept, dropped] = /loaded (\d+) older message\(s\), (\d+) did not fit/.exec(partly)!.map(Number);
+    expect(kept + dropped).toBe(500);
+    expect(kept).toBeGreaterThan(0);
+    expect(dropped).toBeGreaterThan(0);
+    await type(name, "/history 500");
+    await waitForScreen(name, (text) => text.includes("window full at 2000 lines: no older messages fit"), "the full window's answer");
+    await type(name, "/quit");
+    await waitForScreen(name, (text) => text.includes("client exited with status 0"), "the client to exit");
+  });
+
   it("a message that cannot be sent because every server is down is named, truncated, when it fails (runs last: stops the cluster)", { timeout: 60_000 }, async () => {
     // Goal: the user learns which text to retype. Method: frank is in #attic, every server is killed,
     // and once the status bar shows the failover, frank types a long line; after the retry budget the

@@ -667,9 +667,7 @@ export class ChatController {
     window.messageIds.add(message.id);
     const own = message.from === this.user;
     const line: PaneLine = { key: `m${message.id}`, ts: message.ts, kind: own ? "own" : "message", from: message.from, text: message.body, messageId: message.id };
-    let position = window.lines.length;
-    while (position > 0 && (window.lines[position - 1].messageId ?? 0) > message.id) position -= 1;
-    window.lines.splice(position, 0, line);
+    window.lines.splice(insertionPoint(window.lines, message.id), 0, line);
     this.trim(window);
     window.lastActivity = this.nextSequence();
     if (window === this.current) this.scheduleMarkRead();
@@ -694,7 +692,7 @@ export class ChatController {
     const oldest = window.lines.find((line) => line.messageId !== undefined)?.messageId;
     const messages = await this.connector.history(window.name, oldest !== undefined ? { before: oldest, limit: count } : { limit: count });
     for (const message of messages) this.addMessageQuietly(window, message);
-    this.system(window.name, messages.length > 0 ? `loaded ${messages.length} older message(s); PgUp to read them` : "no older messages");
+    this.system(window.name, describeOlderLoad(messages.length, messages.filter((message) => window.messageIds.has(message.id)).length));
   }
 
   /** History: added without touching unread counts. */
@@ -772,4 +770,32 @@ function stripPrefix(name: string, prefix: string): string {
 
 function validConversation(name: string): boolean {
   return name.startsWith("#") ? ChannelName.safeParse(name.slice(1)).success : Username.safeParse(name.slice(1)).success;
+}
+
+/**
+ * Where a message goes in a window: after every message line with a lower id. A live message
+ * (newer than all) goes at the end, after any system lines; an older one goes above every newer
+ * message, past the system lines between them ("loaded 500 older message(s)" stays below).
+ */
+function insertionPoint(lines: readonly PaneLine[], id: number): number {
+  for (let index = lines.length - 1; index >= 0; index -= 1) {
+    const newest = lines[index].messageId;
+    if (newest === undefined) continue;
+    if (newest < id) return lines.length;
+    break;
+  }
+  const firstNewer = lines.findIndex((line) => line.messageId !== undefined && line.messageId > id);
+  return firstNewer < 0 ? lines.length : firstNewer;
+}
+
+/**
+ * What /history says it did. Older messages go to the top of the window, and a window keeps only its
+ * newest lines, so in a full window some or all of them are dropped again at once: say so, rather
+ * than "loaded" about lines that are not there.
+ */
+export function describeOlderLoad(loaded: number, kept: number): string {
+  if (loaded === 0) return "no older messages";
+  if (kept === loaded) return `loaded ${loaded} older message(s); PgUp to read them`;
+  if (kept === 0) return `window full at ${windowLinesMax} lines: no older messages fit (/close, then /query it again)`;
+  return `loaded ${kept} older message(s), ${loaded - kept} did not fit (${windowLinesMax}-line window); PgUp to read them`;
 }
