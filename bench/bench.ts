@@ -230,7 +230,7 @@ async function run(options: Options, argv: string[]): Promise<RunResults> {
     progress(`  RTT p50 ${rtt.summary.p50.toFixed(3)} ms, p99 ${rtt.summary.p99.toFixed(3)} ms`);
     progress("machine limits: cost of Store.lastConfig() as the log grows past the newest config entry");
     const lastConfig = await measureLastConfig(options.quick ? [1000, 10000] : [1000, 10000, 50000, 100000, 200000]);
-    for (const cost of lastConfig.costs) progress(`  ${cost.entriesSinceConfig} entries: ${(cost.msPerCall * 1000).toFixed(2)} µs per call, ${cost.queryMsPerCall.toFixed(4)} ms per on-disk query (${lastConfig.plan})`);
+    for (const cost of lastConfig.costs) progress(`  ${cost.entriesSinceConfig} entries: ${(cost.msPerCall * 1e6).toFixed(1)} ns per call, ${cost.queryMsPerCall.toFixed(4)} ms per on-disk query (${lastConfig.plan})`);
     results.limits = { sqlite, rtt, lastConfig };
   }
 

@@ -472,15 +472,15 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
       out.push(
         `The servers' own \`Store.lastConfig()\` (store/store.ts; the replication core calls it through \`Replica.config()\` on every tick, heartbeat, ack and ping), ` +
           `timed on a temp database holding one config entry followed by N other entries, reopened at each point. The Store answers it from memory: it keeps the newest config as entries are written, ` +
-          `and reads it from disk only when it opens and after a truncation, with \`${probe.sql}\` (SQLite's plan: **${probe.plan}**).`,
+          `and reads it from disk only when it opens, after a truncation or a replay, and after a failed write transaction, with \`${probe.sql}\` (SQLite's plan: **${probe.plan}**).`,
       );
       out.push("");
       out.push(
         table(
-          ["entries after the newest config entry", "µs per Store.lastConfig() call", "ms per on-disk query"],
+          ["entries after the newest config entry", "ns per Store.lastConfig() call", "ms per on-disk query"],
           probe.costs.map((cost) => [
             thousands(cost.entriesSinceConfig),
-            (cost.msPerCall * 1000).toFixed(2),
+            (cost.msPerCall * 1e6).toFixed(1),
             cost.queryMsPerCall === undefined ? "n/a" : cost.queryMsPerCall.toFixed(4),
           ]),
         ),

@@ -265,9 +265,9 @@ describe("full-screen client in tmux", () => {
     for (let page = 1; page <= 3; page += 1) {
       await type(name, "/history 500");
       const text = await waitForScreen(name, (text) => occurrences(text, "loaded 500 older message(s); PgUp to read them") === page, `older page ${page}`);
-      // Older messages go above the newer ones, past the status lines: the bottom still shows the newest.
+      // Older messages go above the newer ones, past the status lines: the bottom still shows the
+      // newest (tests/client-window.test.ts checks the whole window's order and counts).
       expect(text).toContain("deep-2599");
-      expect(text).not.toContain(`deep-${2600 - 50 - 500 * page}`);
     }
     // 50 + 1,500 messages and the status lines: the fourth page fits only in part.
     await type(name, "/history 500");

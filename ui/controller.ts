@@ -691,8 +691,13 @@ export class ChatController {
   private async loadOlder(window: ChatWindow, count: number): Promise<void> {
     const oldest = window.lines.find((line) => line.messageId !== undefined)?.messageId;
     const messages = await this.connector.history(window.name, oldest !== undefined ? { before: oldest, limit: count } : { limit: count });
-    for (const message of messages) this.addMessageQuietly(window, message);
-    this.system(window.name, describeOlderLoad(messages.length, messages.filter((message) => window.messageIds.has(message.id)).length));
+    // Messages already shown (an overlapping load) are not counted as loaded.
+    const fresh = messages.filter((message) => !window.messageIds.has(message.id));
+    for (const message of fresh) this.addMessageQuietly(window, message);
+    // The status line below is added after them and pushes out the window's top line if it is full.
+    const pushedOut = window.lines.length + 1 > windowLinesMax ? window.lines[0].messageId : undefined;
+    const kept = fresh.filter((message) => window.messageIds.has(message.id) && message.id !== pushedOut).length;
+    this.system(window.name, describeOlderLoad(fresh.length, kept));
   }
 
   /** History: added without touching unread counts. */
