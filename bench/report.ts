@@ -518,7 +518,7 @@ export function renderMarkdown(results: RunResults, chartFile: string): string {
     if (p.catchUp && p.catchUpSummaries.length > 0) {
       out.push(
         `Then, on the same profiled cluster, backup server ${p.catchUp.server} was killed, ${thousands(p.catchUp.entries)} entries were written, and it was restarted: ` +
-          `it was back in the in-sync set ${ms(p.catchUp.ms)} ms after its process was spawned (under the profiler). The profiles below cover exactly that span.`,
+          `it was back in the in-sync set ${ms(p.catchUp.ms)} ms after it began accepting client connections (under the profiler), the span the catch-up target measures. The profiles below cover exactly that span.`,
       );
       out.push("");
       for (const { id, role, summary } of p.catchUpSummaries) out.push(...profileSection(`Server ${id}, ${role}, during the catch-up`, summary));
