@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TestClient } from "./helpers/client.js";
+import { withRawClient } from "./helpers/client.js";
 import { TestCluster, repoRoot, sleep } from "./helpers/cluster.js";
 
 const password = "password123";
@@ -196,14 +196,10 @@ describe("full-screen client in tmux", () => {
     // A topic is any text its admin chose: set from a raw connection, its control characters show
     // as "?" in the top bar and never reach the terminal as an escape sequence (here OSC 0, the title).
     const primary = cluster.machine(await cluster.waitForPrimary());
-    const raw = await TestClient.connect(primary.host, primary.clientPort);
-    try {
-      await raw.ok("hello", { clientId: `tmux-raw-${randomBytes(4).toString("hex")}` });
+    await withRawClient(primary, "tmux-raw", async (raw) => {
       await raw.ok("login", { username: "dave", password });
       await raw.ok("set_topic", { channel: "den", topic: "\u001b]0;pwned\u0007 after" });
-    } finally {
-      raw.close();
-    }
+    });
     await waitForScreen("dave", (text) => text.includes("#den - ?]0;pwned? after"), "the topic with its control characters as ?");
 
     await type("dave", "/msg erin hello-erin-via-msg");
@@ -248,15 +244,11 @@ describe("full-screen client in tmux", () => {
     // were dropped again at once. Method: 2,600 posts to #deep from a raw connection; gina joins it
     // in the UI (50 newest) and loads older pages of 500 until the window is full.
     const primary = cluster.machine(await cluster.waitForPrimary());
-    const raw = await TestClient.connect(primary.host, primary.clientPort);
-    try {
-      await raw.ok("hello", { clientId: `tmux-deep-${randomBytes(4).toString("hex")}` });
+    await withRawClient(primary, "tmux-deep", async (raw) => {
       await raw.ok("register", { username: "fern", password });
       await raw.ok("create_channel", { channel: "deep", topic: "" });
       for (let n = 0; n < 2600; n += 1) await raw.ok("post", { channel: "deep", body: `deep-${n}` });
-    } finally {
-      raw.close();
-    }
+    });
     const name = "gina";
     await startClient(name);
     await registerInUi(name);

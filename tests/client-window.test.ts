@@ -2,14 +2,13 @@
 // and a real server: /history puts older messages above the newer ones, a window keeps its newest
 // windowLinesMax lines, and /history says exactly how many of the messages it loaded are still shown.
 // (tests/client-tmux.test.ts drives the same through a real terminal; this file can count lines.)
-import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ClientConnector } from "../connections/connector.js";
 import { loadClusterConfig } from "../connections/consts.js";
 import { ChatController, windowLinesMax } from "../ui/controller.js";
-import { TestClient } from "./helpers/client.js";
+import { withRawClient } from "./helpers/client.js";
 import { TestCluster, sleep } from "./helpers/cluster.js";
 
 const password = "password123";
@@ -21,15 +20,11 @@ beforeAll(async () => {
   cluster = await TestCluster.create({ servers: 1 });
   await cluster.startAll();
   const primary = cluster.machine(await cluster.waitForPrimary());
-  const raw = await TestClient.connect(primary.host, primary.clientPort);
-  try {
-    await raw.ok("hello", { clientId: `window-poster-${randomBytes(4).toString("hex")}` });
+  await withRawClient(primary, "window-poster", async (raw) => {
     await raw.ok("register", { username: "poster", password });
     await raw.ok("create_channel", { channel: "deep", topic: "" });
     for (let n = 0; n < posts; n += 1) await raw.ok("post", { channel: "deep", body: `deep-${n}` });
-  } finally {
-    raw.close();
-  }
+  });
 });
 
 afterAll(async () => {

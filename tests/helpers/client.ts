@@ -1,4 +1,5 @@
 // A minimal protocol client for tests: raw TCP, newline-delimited JSON, no retries, no failover.
+import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { encodeFrame, LineReader } from "../../connections/framing.js";
 
@@ -116,4 +117,18 @@ export async function registeredClient(host: string, port: number, username: str
   await client.ok("hello", { clientId: `test-${username}-${Math.random().toString(36).slice(2, 10)}` });
   await client.ok("register", { username, password });
   return client;
+}
+
+/**
+ * A raw connection to `machine` that has said hello with a fresh clientId (`prefix` and random
+ * hex), handed to `use` and closed afterwards, whatever happens.
+ */
+export async function withRawClient<T>(machine: { host: string; clientPort: number }, prefix: string, use: (client: TestClient) => Promise<T>): Promise<T> {
+  const client = await TestClient.connect(machine.host, machine.clientPort);
+  try {
+    await client.ok("hello", { clientId: `${prefix}-${randomBytes(4).toString("hex")}` });
+    return await use(client);
+  } finally {
+    client.close();
+  }
 }
