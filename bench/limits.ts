@@ -101,7 +101,7 @@ export type LastConfigCost = {
 };
 export type LastConfigProbe = { sql: string; plan: string; costs: LastConfigCost[] };
 
-/** Calls timed per point: the in-memory answer takes ~0.1 µs, so it needs many more than the query. */
+/** Calls timed per point: the in-memory answer takes nanoseconds, so it needs many more than the query. */
 const lastConfigCallsPerPoint = 100_000;
 const lastConfigQueriesPerPoint = 20;
 

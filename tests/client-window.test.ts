@@ -9,9 +9,9 @@ import { ClientConnector } from "../connections/connector.js";
 import { loadClusterConfig } from "../connections/consts.js";
 import { ChatController, windowLinesMax } from "../ui/controller.js";
 import { withRawClient } from "./helpers/client.js";
-import { TestCluster, sleep } from "./helpers/cluster.js";
+import { TestCluster } from "./helpers/cluster.js";
+import { defaultPassword as password, waitUntil } from "./chat-support.js";
 
-const password = "password123";
 const posts = 2600;
 let cluster: TestCluster;
 let controller: ChatController | undefined;
@@ -32,16 +32,6 @@ afterAll(async () => {
   await cluster?.destroy();
 });
 
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
 function type(line: string): void {
   controller!.input.set(line);
   controller!.submit();
@@ -54,22 +44,23 @@ describe("a conversation window", () => {
     controller = new ChatController(connector, { logger, onQuit: () => {} });
     await controller.start();
     type("/register reader");
-    await until("the password prompt", () => (controller!.activePrompt ? true : undefined));
+    const waitFor = (what: string, condition: () => boolean) => waitUntil(what, condition, 20_000);
+    await waitFor("the password prompt", () => controller!.activePrompt !== null);
     type(password);
-    await until("the repeat prompt", () => (controller!.activePrompt?.label.includes("Repeat") ? true : undefined));
+    await waitFor("the repeat prompt", () => controller!.activePrompt?.label.includes("Repeat") === true);
     type(password);
-    await until("the login", () => (controller!.windows[0].lines.some((line) => line.text.includes("registered and logged in as reader")) ? true : undefined));
+    await waitFor("the login", () => controller!.windows[0].lines.some((line) => line.text.includes("registered and logged in as reader")));
     type("/join #deep");
-    const window = await until("#deep with its newest page", () => {
-      const found = controller!.windows.find((candidate) => candidate.name === "#deep");
-      return found?.lines.some((line) => line.text === `deep-${posts - 1}`) ? found : undefined;
-    });
+    const deep = () => controller!.windows.find((candidate) => candidate.name === "#deep");
+    await waitFor("#deep with its newest page", () => deep()?.lines.some((line) => line.text === `deep-${posts - 1}`) === true);
+    const window = deep()!;
 
     const messageIds = () => window.lines.flatMap((line) => (line.messageId === undefined ? [] : [line.messageId]));
     const statusLines = () => window.lines.filter((line) => line.kind === "system" && /older message|did not fit|window full/.test(line.text));
     const loadOlder = async (page: number) => {
       type("/history 500");
-      return (await until(`older page ${page}`, () => statusLines()[page - 1]?.text)) as string;
+      await waitFor(`older page ${page}`, () => statusLines().length >= page);
+      return statusLines()[page - 1].text;
     };
 
     for (let page = 1; page <= 3; page += 1) {

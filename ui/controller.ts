@@ -798,7 +798,7 @@ function insertionPoint(lines: readonly PaneLine[], id: number): number {
  * newest lines, so in a full window some or all of them are dropped again at once: say so, rather
  * than "loaded" about lines that are not there.
  */
-export function describeOlderLoad(loaded: number, kept: number): string {
+function describeOlderLoad(loaded: number, kept: number): string {
   if (loaded === 0) return "no older messages";
   if (kept === loaded) return `loaded ${loaded} older message(s); PgUp to read them`;
   if (kept === 0) return `window full at ${windowLinesMax} lines: no older messages fit (/close, then /query it again)`;
