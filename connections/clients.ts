@@ -13,11 +13,13 @@ import {
   connectionOutputMaxBytes,
   connectionOutputPauseBytes,
   frameBytesMax,
+  passwordThrottle,
   protocolVersion,
 } from "./consts.js";
-import { ChatError, errorCodes, type ErrorCode } from "./errors.js";
+import { ChatError, errorCodes, TooManyAttemptsError, type ErrorCode } from "./errors.js";
 import { encodeFrame, LineReader } from "./framing.js";
 import type { ConnectionManager, WriteOutcome } from "./manager.js";
+import { PasswordThrottle } from "./password-throttle.js";
 import { anonymousRequestTypes, anyServerRequestTypes, Request, requestTypes, type EventBody } from "./schema.js";
 
 type Session = { userId: number; username: string; sessionId: string };
@@ -114,6 +116,8 @@ export class ClientService {
    */
   private readonly readsWaiting: (() => void)[] = [];
   private readTurnScheduled = false;
+  /** Wrong passwords per account on this server; a failover starts them again (architecture.md §8). */
+  private readonly passwordThrottle = new PasswordThrottle(passwordThrottle);
 
   constructor(
     private readonly manager: ConnectionManager,
@@ -260,12 +264,13 @@ export class ClientService {
     });
   }
 
-  private sendError(connection: ClientConnection, id: number, code: ErrorCode, message: string, withHint = false): void {
+  private sendError(connection: ClientConnection, id: number, code: ErrorCode, message: string, extra: { withHint?: boolean; retryAfterMs?: number } = {}): void {
     const frame: Record<string, unknown> = { v: protocolVersion, type: "error", id, code, message };
-    if (withHint) {
+    if (extra.withHint) {
       const primary = this.manager.primaryHint();
       if (primary) frame.primary = primary;
     }
+    if (extra.retryAfterMs !== undefined) frame.retryAfterMs = Math.ceil(extra.retryAfterMs);
     connection.send(frame);
   }
 
@@ -299,7 +304,12 @@ export class ClientService {
       const data = await this.handle(connection, parsed.data);
       connection.send({ v: protocolVersion, type: "ok", id: parsed.data.id, data });
     } catch (error) {
-      if (error instanceof ChatError) this.sendError(connection, parsed.data.id, error.code, error.message, error.code === errorCodes.NOT_PRIMARY);
+      if (error instanceof ChatError) {
+        this.sendError(connection, parsed.data.id, error.code, error.message, {
+          withHint: error.code === errorCodes.NOT_PRIMARY,
+          retryAfterMs: error instanceof TooManyAttemptsError ? error.retryAfterMs : undefined,
+        });
+      }
       else {
         this.logger.error({ err: error, type: parsed.data.type }, "request failed");
         this.sendError(connection, parsed.data.id, errorCodes.INTERNAL, "internal error");
@@ -468,9 +478,8 @@ export class ClientService {
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
     if (previous) {
       const user = previous.command.op === "register" ? this.queries.userByName(String(previous.data.username)) : undefined;
-      if (!user || user.name.toLowerCase() !== request.username.toLowerCase() || !(await verifyPassword(request.password, user.salt, user.hash))) {
-        throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password for this retried request");
-      }
+      const right = user && user.name.toLowerCase() === request.username.toLowerCase() && (await this.checkPassword(user.name, () => verifyPassword(request.password, user.salt, user.hash)));
+      if (!right) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password for this retried request");
       return this.startSession(connection, await this.write(connection, request.id, { op: "register", username: user.name, salt: "", hash: "", sessionId: "", ts: 0 }));
     }
     if (connection.session) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "log out before registering another account");
@@ -487,11 +496,13 @@ export class ClientService {
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, request.id) : undefined;
     if (connection.session && !previous) throw new ChatError(errorCodes.ALREADY_LOGGED_IN, "already logged in on this connection");
     const user = this.queries.userByName(request.username);
-    if (!user) {
+    // An unknown name is throttled like a known one: the answers must not tell them apart.
+    const right = await this.checkPassword(request.username, async () => {
+      if (user) return verifyPassword(request.password, user.salt, user.hash);
       await burnPasswordCheck(request.password);
-      throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
-    }
-    if (!(await verifyPassword(request.password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
+      return false;
+    });
+    if (!user || !right) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong username or password");
     const data = await this.write(connection, request.id, { op: "login", userId: user.id, sessionId: newSessionId(), ts: this.now() });
     return this.startSession(connection, data);
   }
@@ -502,6 +513,24 @@ export class ClientService {
     const found = sessionId ? this.queries.session(sessionId) : undefined;
     if (!sessionId || !found) throw new ChatError(errorCodes.BAD_SESSION, "session token is not valid (expired, logged out or forged)");
     return this.startSession(connection, { username: found.username, sessionId });
+  }
+
+  /**
+   * Runs one password check of account `username` under the throttle. While the account's delay
+   * runs it is refused at once, with no scrypt, so guessing costs the guesser the wait.
+   */
+  private async checkPassword(username: string, check: () => Promise<boolean>): Promise<boolean> {
+    const key = username.toLowerCase();
+    const verdict = this.passwordThrottle.begin(key, performance.now());
+    if (!verdict.allowed) throw new TooManyAttemptsError(verdict.retryAfterMs);
+    let outcome: "right" | "wrong" | "none" = "none";
+    try {
+      const right = await check();
+      outcome = right ? "right" : "wrong";
+      return right;
+    } finally {
+      this.passwordThrottle.finish(key, outcome, performance.now());
+    }
   }
 
   private async startSession(connection: ClientConnection, data: Record<string, unknown>): Promise<Record<string, unknown>> {
@@ -526,7 +555,8 @@ export class ClientService {
     const previous = connection.clientId ? this.manager.store.dedupLookup(connection.clientId, requestId) : undefined;
     if (!previous) {
       const user = this.queries.userByName(session.username);
-      if (!user || !(await verifyPassword(password, user.salt, user.hash))) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong password");
+      const right = user && (await this.checkPassword(user.name, () => verifyPassword(password, user.salt, user.hash)));
+      if (!right) throw new ChatError(errorCodes.BAD_CREDENTIALS, "wrong password");
     }
     const data = await this.write(connection, requestId, { op: "delete_account", actor: session.userId, ts: this.now() });
     // Every session of the account ends, on every connection.

@@ -796,7 +796,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       const problem = this.onSessionResponse(request.type, frame.data);
       return this.finish(request, problem ?? frame.data);
     }
-    const error = new ServerError(frame.code as ErrorCode, frame.message, frame.primary);
+    const error = new ServerError(frame.code as ErrorCode, frame.message, frame.primary, frame.retryAfterMs);
     request.lastError = error;
     if (endsSession.has(request.type) && request.unanswered && (frame.code === errorCodes.NOT_LOGGED_IN || frame.code === errorCodes.BAD_SESSION)) {
       // A retry whose first attempt ended the session cannot be answered with the session it
@@ -1025,7 +1025,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       this.logger.warn({ server: connection.machine.id }, "session token no longer accepted");
       return this.endSession("the server no longer accepts this session (logged out elsewhere or account deleted)");
     }
-    throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary);
+    throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary, reply.retryAfterMs);
   }
 
   /** Fetches every event after the last one seen, merges the live ones that arrive meanwhile, delivers. */
@@ -1039,7 +1039,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       // Each page is delivered as it comes, so a resume cut short here goes on from it next time.
       if (page >= connectorResumePagesMax) throw new Error(`more than ${connectorResumePagesMax} pages of missed events in one resume`);
       const reply = await connection.call({ v: protocolVersion, id: this.allocateId(), type: "events_since", afterSeq: after, limit: pageSizeMax }, this.settings.requestTimeoutMs);
-      if (reply.type !== "ok") throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary);
+      if (reply.type !== "ok") throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary, reply.retryAfterMs);
       const data = EventsSincePage.safeParse(reply.data);
       if (!data.success) throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${data.error.issues[0]?.message}`);
       if (connection.closed || this.link !== connection) throw new Error("link lost during the resume");

@@ -70,6 +70,20 @@ export const connectionOutputMaxBytes = 32 * 1024 * 1024;
 export const passwordChecksConcurrentMax = 2;
 /** Password checks waiting for one of those slots; more get CHAT_ERR_OVERLOADED. */
 export const passwordChecksQueuedMax = 1024;
+/**
+ * Wrong passwords for one account (login, delete_account), per server: the first 5 in a row cost
+ * nothing more; after that each check waits 1 s, then 2, 4, ... up to a minute, and an attempt
+ * inside the wait gets CHAT_ERR_TOO_MANY_ATTEMPTS at once (connections/password-throttle.ts).
+ */
+export const passwordThrottle = {
+  freeFailures: 5,
+  firstDelayMs: 1000,
+  delayMaxMs: 60_000,
+  forgetAfterMs: 15 * 60_000,
+  /** ~100 bytes each: a few MB at most, however many names are guessed at. */
+  accountsMax: 65_536,
+  busyRetryMs: 250,
+} as const;
 
 // ---- replication ---------------------------------------------------------
 export const tickIntervalMs = 10;

@@ -14,6 +14,7 @@ export const errorCodes = {
   BAD_SESSION: "CHAT_ERR_BAD_SESSION",
   ALREADY_LOGGED_IN: "CHAT_ERR_ALREADY_LOGGED_IN",
   FORBIDDEN: "CHAT_ERR_FORBIDDEN",
+  TOO_MANY_ATTEMPTS: "CHAT_ERR_TOO_MANY_ATTEMPTS",
   // the thing named does not exist or is in the wrong state
   NAME_TAKEN: "CHAT_ERR_NAME_TAKEN",
   UNKNOWN_USER: "CHAT_ERR_UNKNOWN_USER",
@@ -49,10 +50,21 @@ export class ChatError extends Error {
 /** The server answered the request with an error response. */
 export class ServerError extends ChatError {
   readonly primary?: { id: number; host: string; clientPort: number };
-  constructor(code: ErrorCode, message: string, primary?: { id: number; host: string; clientPort: number }) {
+  /** For CHAT_ERR_TOO_MANY_ATTEMPTS: how long to wait before the next password check of that account. */
+  readonly retryAfterMs?: number;
+  constructor(code: ErrorCode, message: string, primary?: { id: number; host: string; clientPort: number }, retryAfterMs?: number) {
     super(code, message);
     this.name = "ServerError";
     this.primary = primary;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** Server side: too many wrong passwords for one account lately (connections/password-throttle.ts). */
+export class TooManyAttemptsError extends ChatError {
+  constructor(readonly retryAfterMs: number) {
+    super(errorCodes.TOO_MANY_ATTEMPTS, `too many wrong passwords for this account: try again in ${Math.ceil(retryAfterMs / 1000)} s`);
+    this.name = "TooManyAttemptsError";
   }
 }
 

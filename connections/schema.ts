@@ -177,6 +177,8 @@ export const ErrorResponse = z.object({
   message: z.string(),
   /** For CHAT_ERR_NOT_PRIMARY: the primary this server knows, if any. */
   primary: z.object({ id: z.number().int(), host: z.string(), clientPort: z.number().int() }).optional(),
+  /** For CHAT_ERR_TOO_MANY_ATTEMPTS: milliseconds until the account's next password check is allowed. */
+  retryAfterMs: z.number().int().nonnegative().optional(),
 });
 export const EventFrame = z.object({ v: z.literal(protocolVersion), type: z.literal("event"), seq: z.number().int(), event: EventBody });
 export const ServerFrame = z.discriminatedUnion("type", [OkResponse, ErrorResponse, EventFrame]);

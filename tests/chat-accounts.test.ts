@@ -367,6 +367,70 @@ describe("delete_account", () => {
   });
 });
 
+describe("wrong passwords (per-account throttle)", () => {
+  /** Sends login and returns the whole answer frame. */
+  async function login(username: string, password: string) {
+    return (await server.hello()).request("login", { username, password });
+  }
+
+  it("after 5 wrong passwords in a row the account's next check waits about a second, refused at once even with the right password; other accounts, existing sessions and unknown names behave as designed", async () => {
+    // Goal: guessing one account's password is slowed, and nothing else is. Method: 5 wrong logins,
+    // then the right password inside the wait, on a fresh connection each time (the throttle is per
+    // account, not per connection); the same for a name that does not exist; then wait it out.
+    const username = uniqueName("guessed");
+    const bystander = uniqueName("bystander");
+    const { data: registered } = await server.register(username);
+    await server.register(bystander);
+    const before = server.snapshot();
+    for (let attempt = 1; attempt <= 5; attempt += 1) expect((await login(username, `wrong-password-${attempt}`)).code, `attempt ${attempt}`).toBe("CHAT_ERR_BAD_CREDENTIALS");
+    const refused = await login(username, defaultPassword);
+    expect(refused).toMatchObject({ type: "error", code: "CHAT_ERR_TOO_MANY_ATTEMPTS" });
+    expect(refused.retryAfterMs).toBeGreaterThan(0);
+    expect(refused.retryAfterMs).toBeLessThanOrEqual(1000);
+    expect(refused.message).toMatch(/try again in 1 s/);
+    // Upper or lower case, it is the same account.
+    expect((await login(username.toUpperCase(), defaultPassword)).code).toBe("CHAT_ERR_TOO_MANY_ATTEMPTS");
+    expect(server.snapshot()).toEqual(before);
+
+    // Others are not affected: another account, and a session that already exists.
+    await server.login(bystander);
+    expect((await server.auth(registered.token)).data.username).toBe(username);
+
+    // A name nobody has is throttled the same way, so the answers do not tell whether it exists.
+    const nobody = uniqueName("nobody");
+    for (let attempt = 1; attempt <= 5; attempt += 1) expect((await login(nobody, defaultPassword)).code).toBe("CHAT_ERR_BAD_CREDENTIALS");
+    expect((await login(nobody, defaultPassword)).code).toBe("CHAT_ERR_TOO_MANY_ATTEMPTS");
+
+    // After the wait the right password works, and it clears the count: a wrong one is merely wrong.
+    await new Promise((done) => setTimeout(done, Number(refused.retryAfterMs) + 50));
+    expect((await login(username, defaultPassword)).type).toBe("ok");
+    expect((await login(username, "wrong-password-again")).code).toBe("CHAT_ERR_BAD_CREDENTIALS");
+    expect((await login(username, defaultPassword)).type).toBe("ok");
+  });
+
+  it("checks of one account running at the same time count as failures: 20 parallel guesses get at most 5 password checks", async () => {
+    // Goal: many connections cannot start checks before the first wrong one is counted. Method: 20
+    // wrong logins at once, each on its own connection; count the answers by code.
+    const username = uniqueName("parallel");
+    await server.register(username);
+    const clients = await Promise.all(Array.from({ length: 20 }, () => server.hello()));
+    const answers = await Promise.all(clients.map((client, i) => client.request("login", { username, password: `guessed-password-${i}` })));
+    const codes = answers.map((answer) => answer.code);
+    expect(codes.filter((code) => code === "CHAT_ERR_BAD_CREDENTIALS")).toHaveLength(5);
+    expect(codes.filter((code) => code === "CHAT_ERR_TOO_MANY_ATTEMPTS")).toHaveLength(15);
+  });
+
+  it("delete_account's password is throttled too, and a throttled deletion changes nothing", async () => {
+    const username = uniqueName("deleter");
+    const { client } = await server.register(username);
+    const before = server.snapshot();
+    for (let attempt = 1; attempt <= 5; attempt += 1) expect(await errorOf(client, "delete_account", { password: `wrong-password-${attempt}` })).toBe("CHAT_ERR_BAD_CREDENTIALS");
+    expect(await errorOf(client, "delete_account", { password: defaultPassword })).toBe("CHAT_ERR_TOO_MANY_ATTEMPTS");
+    expect(server.snapshot()).toEqual(before);
+    expect((await client.ok("list_users", { pattern: username })).users).toEqual([{ username, online: true }]);
+  });
+});
+
 describe("list_users", () => {
   it("patterns match with * and ? ignoring case, results are sorted and paged with after/next", async () => {
     const prefix = uniqueName("lu").toLowerCase();

@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { encodeFrame, LineReader } from "../../connections/framing.js";
 
-export type Frame = { v: number; type: "ok" | "error" | "event"; id?: number; data?: Record<string, any>; code?: string; message?: string; seq?: number; event?: any; primary?: any };
+export type Frame = { v: number; type: "ok" | "error" | "event"; id?: number; data?: Record<string, any>; code?: string; message?: string; seq?: number; event?: any; primary?: any; retryAfterMs?: number };
 
 export class TestClient {
   readonly frames: Frame[] = [];
