@@ -131,6 +131,15 @@ export const logCacheEntriesMax = 4 * replicationBatchEntriesMax;
 /** Client writes grouped into one SQLite transaction. */
 export const groupCommitRequestsMax = 512;
 /**
+ * Bytes one write transaction logs (commands and stored responses) before it takes no more entries
+ * to apply: the rest wait for the next one, a turn later. The count of writes alone did not bound a
+ * turn: a read_undelivered of 500 messages of 4,000 characters logs a 2 MB response and took ~45 ms
+ * to apply, so 32 of them pipelined held one turn for over a second, far past freezeDetectMs, and the
+ * server took itself for frozen (architecture.md §8.1). 1 MiB of such work is ~25 ms here; 512 posts
+ * of 256 bytes log ~230 KB.
+ */
+export const transactionLogBytesMax = 1024 * 1024;
+/**
  * A primary's batch of at least this many writes is fsynced on libuv's thread pool, so its event
  * loop goes on with the next requests and acks meanwhile. A smaller batch fsyncs inline: a lone
  * write waits less than with the hop to the pool and back (docs/architecture.md §5.1).

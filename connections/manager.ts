@@ -14,6 +14,7 @@ import {
   freezeDetectMs,
   groupCommitRequestsMax,
   syncOffLoopBatchMin,
+  transactionLogBytesMax,
   heartbeatIntervalMs,
   leaseMs,
   logCacheEntriesMax,
@@ -130,6 +131,12 @@ export class ConnectionManager {
    * and no ack, vote or other message leaves before the log it speaks for is durable.
    */
   private inPeerRead = false;
+  /**
+   * Bytes the entries applied in this peer read logged. Its appends share one transactionLogBytesMax
+   * budget: one 64 KB read can hold many appends of small commands that are costly to apply (a
+   * read_undelivered of 500 long messages), and the rest are logged now and applied in later turns.
+   */
+  private peerReadAppliedBytes = 0;
   /** Log entries are committed without an fsync; sends are held until syncHeldLog. */
   private logUnsynced = false;
   private heldSends: { to: number; message: PeerMessage }[] = [];
@@ -299,10 +306,28 @@ export class ConnectionManager {
       this.flushScheduled = true;
       setImmediate(() => this.flush());
     }
-    this.propose(batch);
+    const rest = this.propose(batch);
+    if (rest.length > 0) this.requeue(rest);
   }
 
-  private propose(batch: QueuedWrite[]): void {
+  /**
+   * Writes a batch had no room for (the transaction logged transactionLogBytesMax bytes) go first
+   * in the next batch, a turn later, so no turn holds more than that much work.
+   */
+  private requeue(items: QueuedWrite[]): void {
+    this.queue.unshift(...items);
+    for (const item of items) if (item.clientId !== null && item.requestId !== null) this.queuedByKey.set(requestKey(item.clientId, item.requestId), item);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /**
+   * Proposes a batch, or defers it while logged entries wait to be applied. Returns the writes the
+   * transaction had no room for (transactionLogBytesMax), for the caller to propose next, in order.
+   */
+  private propose(batch: QueuedWrite[]): QueuedWrite[] {
     if (this.store.pendingApply > 0) {
       // Only a server that just took over can be here (a serving primary has applied everything):
       // its config entry waits until the state it will be checked against is complete. The core
@@ -313,7 +338,7 @@ export class ConnectionManager {
       if (isConfig(batch)) this.deferredProposals = this.deferredProposals.filter((deferred) => !isConfig(deferred.batch));
       this.deferredProposals.push({ epoch: this.core.epoch, batch });
       this.scheduleApply();
-      return;
+      return [];
     }
     const syncLater = batch.length >= syncOffLoopBatchMin && this.store.durability === "full";
     const proposals = this.store.proposeBatch(
@@ -331,9 +356,10 @@ export class ConnectionManager {
       if (!proposal.result.ok) item.resolve({ ok: false, code: proposal.result.code, message: proposal.result.message });
       else this.pendingWrites.push({ index: proposal.entry.index, data: proposal.result.data, effects: proposal.result.effects, resolve: item.resolve });
     }
+    const rest = batch.slice(proposals.length);
     if (!syncLater) {
       this.execute(this.core.onLocalPersisted(this.store.lastIndex, monotonicMs()));
-      return;
+      return rest;
     }
     // Off the event loop: the next requests and the backups' acks are handled while it runs.
     const index = this.store.lastIndex;
@@ -347,6 +373,7 @@ export class ConnectionManager {
       if (generation !== this.logGeneration) return;
       this.execute(this.core.onLocalPersisted(index, monotonicMs()));
     });
+    return rest;
   }
 
   // ---- carrying out the core's actions ---------------------------------------
@@ -373,7 +400,9 @@ export class ConnectionManager {
           const deferApply = action.entries.length > 0 && action.entries[action.entries.length - 1].index <= this.core.committed;
           if (deferApply) this.lastCatchUpAt = monotonicMs();
           const syncLater = this.inPeerRead && this.store.durability === "full";
-          this.store.appendEntries(action.entries, { deferApply, syncLater });
+          const budget = transactionLogBytesMax - this.peerReadAppliedBytes;
+          const applied = this.store.appendEntries(action.entries, { deferApply, syncLater, applyBytesMax: this.inPeerRead ? budget : undefined });
+          if (this.inPeerRead) this.peerReadAppliedBytes += applied;
           if (syncLater) this.logUnsynced = true;
           this.log.remember(action.entries);
           this.execute(this.core.onPersisted(this.store.lastIndex, monotonicMs()));
@@ -418,6 +447,7 @@ export class ConnectionManager {
   /** The end of a peer read: one fsync for the appends it logged, then what it held back goes out. */
   private endPeerRead(): void {
     this.inPeerRead = false;
+    this.peerReadAppliedBytes = 0;
     if (this.logUnsynced && !this.stopped) this.syncHeldLog();
   }
 
@@ -471,10 +501,19 @@ export class ConnectionManager {
     }
     this.backlogStartedAt = null;
     const deferred = this.deferredProposals.splice(0);
-    for (const { epoch, batch } of deferred) {
+    for (const [position, { epoch, batch }] of deferred.entries()) {
       // A proposal of an epoch this server no longer leads is dropped: its writes changed nothing.
-      if (this.core.currentRole === "primary" && this.core.epoch === epoch) this.propose(batch);
-      else for (const item of batch) item.resolve(this.notPrimary());
+      if (this.core.currentRole !== "primary" || this.core.epoch !== epoch) {
+        for (const item of batch) item.resolve(this.notPrimary());
+        continue;
+      }
+      const rest = this.propose(batch);
+      if (rest.length > 0) {
+        // One transaction's work per turn: the rest, and the batches deferred after it, next turn.
+        this.deferredProposals.unshift({ epoch, batch: rest }, ...deferred.slice(position + 1));
+        this.scheduleApply();
+        return;
+      }
     }
   }
 

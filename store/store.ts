@@ -7,6 +7,7 @@
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
 import { closeSync, fdatasync, fdatasyncSync, fstatSync, openSync, statSync } from "node:fs";
+import { transactionLogBytesMax } from "../connections/consts.js";
 import { assert } from "../connections/errors.js";
 import { StateMachine } from "./apply.js";
 import { type ApplyResult, type Command, type ConfigCommand, type LogEntry } from "./commands.js";
@@ -68,7 +69,13 @@ export class Store {
     path: string,
     /** "normal" never fsyncs a commit (benchmarks only), so it has nothing to sync later either. */
     readonly durability: Durability = "full",
+    /**
+     * Bytes a write transaction logs before it applies no more entries (connections/consts.ts
+     * transactionLogBytesMax). Each transaction applies at least one entry.
+     */
+    private readonly logBytesPerTransactionMax = transactionLogBytesMax,
   ) {
+    assert(logBytesPerTransactionMax > 0, "a transaction may log some bytes");
     this.db = new Database(path);
     this.walPath = `${path}-wal`;
     this.db.pragma("journal_mode = WAL");
@@ -204,10 +211,13 @@ export class Store {
   // ---- primary path ----------------------------------------------------------
 
   /**
-   * Applies commands as new entries starting at lastIndex + 1, all in one transaction (group commit).
+   * Applies commands as new entries starting at lastIndex + 1, in one transaction (group commit).
    * A command that fails leaves no trace: its savepoint is rolled back and it gets no log index.
    * `beforeCommit` runs inside the transaction once the entries are known, so the caller can ship
    * them to the backups while this server's own fsync runs.
+   * Once the transaction has logged logBytesPerTransactionMax bytes it takes no more commands: the
+   * proposals returned are those of the first commands, in order, and the caller proposes the rest
+   * later (each call takes at least one).
    */
   proposeBatch(
     epoch: number,
@@ -221,7 +231,9 @@ export class Store {
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
       let next = this.last.index + 1;
+      let logged = 0;
       for (const item of commands) {
+        if (logged >= this.logBytesPerTransactionMax) break;
         this.statements.savepoint.run();
         const entry: LogEntry = { index: next, epoch, clientId: item.clientId, requestId: item.requestId, command: item.command };
         const index = next;
@@ -232,7 +244,7 @@ export class Store {
           proposals.push({ entry: { ...entry, index: 0 }, result });
           continue;
         }
-        this.writeEntry(entry, result);
+        logged += this.writeEntry(entry, result);
         this.statements.release.run();
         proposals.push({ entry, result });
         next += 1;
@@ -262,14 +274,19 @@ export class Store {
 
   /**
    * Appends entries received from the primary, in one transaction. Normally they are applied in it
-   * too. With `deferApply` (entries the primary has already committed: a catch-up), or while earlier
-   * entries still wait, they are only logged, with no response yet; applyPending applies them later,
-   * in order. A logged entry is as durable as an applied one: the state can always be rebuilt from it.
+   * too, until the entries applied have logged `applyBytesMax` bytes (default
+   * logBytesPerTransactionMax): the caller's budget for this turn, which several appends of one peer
+   * read share. With `deferApply` (entries the primary has already committed: a catch-up), while
+   * earlier entries still wait, or past that budget, they are only logged, with no response yet;
+   * applyPending applies them later, in order. Returns the bytes the applied entries logged.
+   * A logged entry is as durable as an applied one: the state can always be rebuilt from it.
    * With `syncLater` the COMMIT does not fsync, as in proposeBatch: the caller tells nobody about these
    * entries until syncLogNow (or a later commit with synchronous=FULL) has synced the file.
    */
-  appendEntries(entries: LogEntry[], options: { deferApply?: boolean; syncLater?: boolean } = {}): void {
+  appendEntries(entries: LogEntry[], options: { deferApply?: boolean; syncLater?: boolean; applyBytesMax?: number } = {}): number {
     const logOnly = options.deferApply === true || this.pendingApply > 0;
+    const applyBytesMax = options.applyBytesMax ?? this.logBytesPerTransactionMax;
+    let logged = 0;
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
       if (logOnly) {
@@ -288,18 +305,25 @@ export class Store {
         }
       } else {
         for (const entry of entries) {
-          const result = this.applyReplicated(entry);
-          this.writeEntry(entry, result);
+          if (this.pendingApply === 0 && logged < applyBytesMax) {
+            logged += this.writeEntry(entry, this.applyReplicated(entry));
+            continue;
+          }
+          // Past the bound: the state tables stop at the last entry applied, until applyPending.
+          if (this.pendingApply === 0) this.statements.metaPut.run(appliedIndexKey, String(this.applied));
+          this.writeLogRow(entry, null);
         }
       }
       this.moveRequestsToIndex();
     });
     this.runWritingSynced(run, options.syncLater === true);
+    return logged;
   }
 
   /**
    * Applies up to `entriesMax` logged entries that wait, oldest first, in one transaction, filling in
-   * their responses. Returns how many still wait.
+   * their responses, and stops early once their responses reach logBytesPerTransactionMax bytes.
+   * Returns how many still wait.
    */
   applyPending(entriesMax: number): number {
     assert(entriesMax > 0, "applies at least one entry");
@@ -309,9 +333,15 @@ export class Store {
     assert(entries.length === to - this.applied, `log holds entries ${this.applied + 1}..${to}`);
     const run = this.db.transaction(() => {
       this.undo.prune(this.committedHint, this.last.index);
+      let logged = 0;
       for (const entry of entries) {
+        if (logged >= this.logBytesPerTransactionMax) break;
         const result = this.applyReplicated(entry);
-        if (hasRequestId(entry)) this.statements.setResponse.run(encodeResponse(entry.command, result.data), entry.index);
+        if (hasRequestId(entry)) {
+          const response = encodeResponse(entry.command, result.data);
+          this.statements.setResponse.run(response, entry.index);
+          logged += response.length;
+        }
         this.applied = entry.index;
       }
       if (this.applied === this.last.index) this.statements.metaDelete.run(appliedIndexKey);
@@ -400,19 +430,25 @@ export class Store {
     if (requestId > (this.highestRequestId.get(clientId) ?? -Infinity)) this.highestRequestId.set(clientId, requestId);
   }
 
-  /** Logs an entry and records it as applied (the caller applied it in the same transaction). */
-  private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }): void {
+  /** Logs an entry and records it as applied (the caller applied it in the same transaction). Returns the bytes logged. */
+  private writeEntry(entry: LogEntry, result: ApplyResult & { ok: true }): number {
     // The response is kept only where a retry can ask for it again.
-    this.writeLogRow(entry, hasRequestId(entry) ? encodeResponse(entry.command, result.data) : null);
+    const logged = this.writeLogRow(entry, hasRequestId(entry) ? encodeResponse(entry.command, result.data) : null);
     this.applied = entry.index;
+    return logged;
   }
 
-  /** `indexNow`: a committed entry whose request the caller puts straight into request_index (catch-up). */
-  private writeLogRow(entry: LogEntry, response: string | null, indexNow = false): void {
+  /**
+   * Returns the bytes logged: the command's and the response's characters (a bound on work, not an
+   * exact size). `indexNow`: a committed entry whose request the caller puts straight into
+   * request_index (catch-up).
+   */
+  private writeLogRow(entry: LogEntry, response: string | null, indexNow = false): number {
     assert(entry.index === this.last.index + 1, `log index ${entry.index} follows ${this.last.index}`);
     assert(entry.epoch >= this.last.epoch, `epoch ${entry.epoch} does not go below ${this.last.epoch}`);
     const kind = entry.command.op === "config" || entry.command.op === "bootstrap" ? entry.command.op : "command";
-    this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, JSON.stringify(entry.command), response);
+    const body = JSON.stringify(entry.command);
+    this.statements.insertEntry.run(entry.index, entry.epoch, kind, entry.clientId, entry.requestId, body, response);
     if (hasRequestId(entry)) {
       const clientId = entry.clientId!;
       const requestId = entry.requestId!;
@@ -428,6 +464,7 @@ export class Store {
     if (entry.command.op === "config") this.newestConfig = { index: entry.index, epoch: entry.epoch, config: entry.command };
     if (entry.command.op === "bootstrap") this.bootstrapped = true;
     this.last = { index: entry.index, epoch: entry.epoch };
+    return body.length + (response?.length ?? 0);
   }
 
   // ---- reading the log -------------------------------------------------------

@@ -278,6 +278,42 @@ describe("replaying the log", () => {
       expect(lateAgain.stateDigest()).toBe(first.stateDigest());
       expect(lateAgain.logDigest()).toBe(first.logDigest());
 
+      // A transaction applies entries only until they have logged a bound of bytes (one turn's work,
+      // architecture.md §8.1). With a bound of 2 KB, a primary's batches stop early and the rest are
+      // proposed next, in order; a backup's appends apply part and log the rest, and applyPending
+      // finishes them in several steps. Both give exactly the log and state of entries applied at once.
+      const boundBytes = 2048;
+      const bounded = (name: string) => {
+        const store = new Store(join(scratch, `${name}-${runs}.db`), "full", boundBytes);
+        stores.push(store);
+        return store;
+      };
+      const proposer = bounded("bounded-proposer");
+      let proposeCalls = 0;
+      for (let from = 0; from < all.length; proposeCalls += 1) {
+        let to = from;
+        while (to < all.length && all[to].epoch === all[from].epoch && to - from < 100) to += 1;
+        const proposals = proposer.proposeBatch(all[from].epoch, all.slice(from, to).map((entry) => ({ clientId: entry.clientId, requestId: entry.requestId, command: entry.command })));
+        expect(proposals.length).toBeGreaterThan(0);
+        expect(proposals.every((proposal) => proposal.result.ok)).toBe(true);
+        from += proposals.length;
+      }
+      expect(proposeCalls, "the bound split batches").toBeGreaterThan(2 * Math.ceil(all.length / 100));
+      expect(proposer.logDigest()).toBe(first.logDigest());
+      expect(proposer.stateDigest()).toBe(first.stateDigest());
+      const backup = bounded("bounded-backup");
+      for (let from = 0; from < all.length; from += 50) backup.appendEntries(all.slice(from, from + 50));
+      expect(backup.pendingApply, "entries past the bound were only logged").toBeGreaterThan(0);
+      let applyCalls = 1;
+      while (backup.applyPending(500) > 0) applyCalls += 1;
+      expect(applyCalls, "applyPending stops at the bound too").toBeGreaterThan(2);
+      expect(backup.logDigest()).toBe(first.logDigest());
+      expect(backup.stateDigest()).toBe(first.stateDigest());
+      // A budget of 0 (a peer read that used it up) logs the whole append.
+      const spent = bounded("bounded-spent");
+      expect(spent.appendEntries(all.slice(0, 10), { applyBytesMax: 0 })).toBe(0);
+      expect([spent.lastIndex, spent.appliedIndex]).toEqual([10, 0]);
+
       // The digest is not blind: one changed row changes it.
       second.db.prepare("UPDATE channels SET topic = topic || '.' WHERE name = 'general'").run();
       expect(second.stateDigest()).not.toBe(first.stateDigest());
