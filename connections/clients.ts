@@ -4,6 +4,7 @@
 import net from "node:net";
 import type { Logger } from "pino";
 import { parseConversation, wildcardToGlob } from "../schema.js";
+import { monotonicMs } from "../utils.js";
 import type { Command, Effect } from "../store/commands.js";
 import { Queries } from "../store/queries.js";
 import { burnPasswordCheck, hashPassword, newSessionId, sessionIdFromToken, tokenFor, verifyPassword } from "./auth.js";
@@ -521,7 +522,7 @@ export class ClientService {
    */
   private async checkPassword(username: string, check: () => Promise<boolean>): Promise<boolean> {
     const key = username.toLowerCase();
-    const verdict = this.passwordThrottle.begin(key, performance.now());
+    const verdict = this.passwordThrottle.begin(key, monotonicMs());
     if (!verdict.allowed) throw new TooManyAttemptsError(verdict.retryAfterMs);
     let outcome: "right" | "wrong" | "none" = "none";
     try {
@@ -529,7 +530,7 @@ export class ClientService {
       outcome = right ? "right" : "wrong";
       return right;
     } finally {
-      this.passwordThrottle.finish(key, outcome, performance.now());
+      this.passwordThrottle.finish(key, outcome, monotonicMs());
     }
   }
 

@@ -400,8 +400,8 @@ export class ConnectionManager {
           const deferApply = action.entries.length > 0 && action.entries[action.entries.length - 1].index <= this.core.committed;
           if (deferApply) this.lastCatchUpAt = monotonicMs();
           const syncLater = this.inPeerRead && this.store.durability === "full";
-          const budget = transactionLogBytesMax - this.peerReadAppliedBytes;
-          const applied = this.store.appendEntries(action.entries, { deferApply, syncLater, applyBytesMax: this.inPeerRead ? budget : undefined });
+          const applyBytesMax = this.inPeerRead ? transactionLogBytesMax - this.peerReadAppliedBytes : undefined;
+          const applied = this.store.appendEntries(action.entries, { deferApply, syncLater, applyBytesMax });
           if (this.inPeerRead) this.peerReadAppliedBytes += applied;
           if (syncLater) this.logUnsynced = true;
           this.log.remember(action.entries);
