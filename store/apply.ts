@@ -3,6 +3,7 @@
 // same entries ends with byte-identical tables. Errors are returned, not thrown, and the caller
 // rolls the command back, so a failed command never reaches the log.
 import type Database from "better-sqlite3";
+import { undeliveredPageCharsMax } from "../connections/consts.js";
 import { errorCodes } from "../connections/errors.js";
 import type { EventBody, MessageView } from "../connections/schema.js";
 import { parseConversation } from "../schema.js";
@@ -189,7 +190,14 @@ export class StateMachine {
 
   private applyReadUndelivered(actor: number, limit: number): ApplyResult {
     if (!this.liveUser(actor)) return fail(errorCodes.BAD_SESSION, "account no longer exists");
-    const rows = this.statements.undelivered.all(actor, limit) as Row[];
+    // Bounded in characters as well as in count (consts.ts undeliveredPageCharsMax).
+    const rows: Row[] = [];
+    let chars = 0;
+    for (const row of this.statements.undelivered.iterate(actor, limit) as IterableIterator<Row>) {
+      chars += (row.body as string).length;
+      if (rows.length > 0 && chars > undeliveredPageCharsMax) break;
+      rows.push(row);
+    }
     const messages = rows.map((row) => this.dmView(row, actor));
     for (const row of rows) this.statements.markDelivered.run(row.id);
     const remaining = (this.statements.undeliveredCount.get(actor) as Row).n as number;

@@ -1,7 +1,7 @@
 // Direct messages, read markers, exactly-once retries and resuming with events_since, against one
 // real server process over TCP with a real SQLite file.
 import { afterAll, beforeAll, describe, expect } from "vitest";
-import { unreadCountMax } from "../connections/consts.js";
+import { messageLengthMax, undeliveredPageCharsMax, unreadCountMax } from "../connections/consts.js";
 import type { TestClient, Frame } from "./helpers/client.js";
 import { ChatServer, serverTest, errorOf, framesWithId, historyIds, newClientId, sendFrame, uniqueChannel, uniqueName, waitForPush, waitUntil } from "./chat-support.js";
 
@@ -102,6 +102,24 @@ describe("direct messages", () => {
     expect((await b.ok("unread")).undelivered).toBe(0);
     // Delivered is not read: the unread count is unchanged until mark_read.
     expect(unreadOf(await b.ok("unread"), `@${alice}`)?.unread).toBe(5);
+  });
+
+  it("a read_undelivered page stops before its bodies pass undeliveredPageCharsMax characters, whatever its limit; the rest come next", async () => {
+    const bob = await offlineUser("longB");
+    const { client: a } = await server.register(uniqueName("longA"));
+    const perPage = Math.floor(undeliveredPageCharsMax / messageLengthMax);
+    const total = perPage + 5;
+    const body = (i: number) => `${i}:`.padEnd(messageLengthMax, "x");
+    await Promise.all(Array.from({ length: total }, (_, i) => a.ok("send_dm", { to: bob, body: body(i) })));
+    const { client: b } = await server.login(bob);
+    const first = await b.ok("read_undelivered", { limit: 500 });
+    expect(first.messages.length).toBe(perPage);
+    expect(first.remaining).toBe(5);
+    const second = await b.ok("read_undelivered", { limit: 500 });
+    expect(second.messages.length).toBe(5);
+    expect(second.remaining).toBe(0);
+    const bodies = [...first.messages, ...second.messages].map((message: Message) => message.body);
+    expect(new Set(bodies)).toEqual(new Set(Array.from({ length: total }, (_, i) => body(i))));
   });
 
   it("history pages backwards with before and forwards with after, identically for both sides", async () => {
