@@ -96,7 +96,7 @@ CREATE INDEX IF NOT EXISTS messages_channel ON messages(channel_id, id) WHERE ch
 CREATE INDEX IF NOT EXISTS messages_dm ON messages(dm_key, id) WHERE dm_key IS NOT NULL;
 -- deleted_seq is in the key so that counting a queue (read_undelivered's remaining, unread) reads this
 -- index alone: a check of deleted_seq in the table read every queued row, 4 KB ones with their overflow
--- pages, ~50 ms a call for 8,000 long DMs (format 6).
+-- pages. Reading out 8,000 long DMs, that count was 69% of every server's busy time, ~13 ms a page (format 6).
 CREATE INDEX IF NOT EXISTS messages_undelivered ON messages(recipient_id, deleted_seq, id) WHERE delivered = 0;
 CREATE INDEX IF NOT EXISTS messages_deleted ON messages(deleted_seq) WHERE deleted_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS read_markers (
