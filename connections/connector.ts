@@ -40,6 +40,7 @@ import { encodeFrame, LineReader } from "./framing.js";
 import {
   ChannelView,
   ChatEvent,
+  EventBody,
   MessageView,
   Request,
   ServerFrame,
@@ -47,7 +48,6 @@ import {
   UnreadSummary,
   writeRequestTypes,
   type ErrorResponse,
-  type EventBody,
   type EventFrame,
   type OkResponse,
   type RequestType,
@@ -267,6 +267,8 @@ class FrameConnection {
   closed = false;
   closeReason = "";
   onEvent: (frame: EventFrame) => void = () => {};
+  /** A push of a kind this connector does not know (unknownEventKind): skipped. */
+  onUnknownEvent: (kind: string) => void = () => {};
   /** Responses nobody awaits through call(): the connector's user requests. */
   onResponse: (frame: OkResponse | ErrorResponse) => void = () => {};
   private readonly waiters = new Map<number, Waiter>();
@@ -345,12 +347,15 @@ class FrameConnection {
   }
 
   private onLine(line: string): void {
-    let parsed: ReturnType<typeof ServerFrame.safeParse>;
+    let raw: unknown;
     try {
-      parsed = ServerFrame.safeParse(JSON.parse(line));
+      raw = JSON.parse(line);
     } catch {
       return this.close("server sent a frame that is not JSON");
     }
+    const frameFields = raw as { type?: unknown; event?: unknown } | null;
+    if (frameFields?.type === "event" && unknownEventKind(frameFields.event) !== undefined) return this.onUnknownEvent(unknownEventKind(frameFields.event)!);
+    const parsed = ServerFrame.safeParse(raw);
     if (!parsed.success) {
       this.logger.warn({ server: this.machine.id, issues: parsed.error.issues.slice(0, 3) }, "server frame does not match the protocol");
       return this.close("server sent a frame that does not match the protocol");
@@ -497,6 +502,19 @@ const clientIdPattern = /^[A-Za-z0-9_-]{8,64}$/;
 const connectorOwnedTypes = new Set<RequestType>(["hello", "events_since"]);
 
 const EventsSincePage = z.object({ events: z.array(ChatEvent), more: z.boolean(), upTo: z.number().int() });
+
+/** The event kinds this connector knows; a newer server may push others. */
+const knownEventKinds: ReadonlySet<string> = new Set(EventBody.options.map((option) => option.shape.kind.value));
+
+/**
+ * The kind of an event this connector does not know, or undefined. Such an event is skipped, not a
+ * protocol error: a newer server can add kinds, and closing the link would loop on a rolling upgrade
+ * (reconnect, resume, the same event, close again). A known kind is still checked in full.
+ */
+export function unknownEventKind(event: unknown): string | undefined {
+  const kind = (event as { kind?: unknown } | null)?.kind;
+  return typeof kind === "string" && !knownEventKinds.has(kind) ? kind : undefined;
+}
 /** What the connector itself needs from a register, login or auth answer. */
 const SessionAnswer = z.object({ token: z.string(), username: z.string(), seq: z.number().int().min(0) });
 /** Requests whose success ends this connector's session. */
@@ -986,6 +1004,7 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     this.link = connection;
     this.linkEpoch = status.epoch;
     connection.onEvent = (frame) => this.onPush(connection, frame);
+    connection.onUnknownEvent = (kind) => this.noteUnknownEvent(kind);
     connection.onResponse = (frame) => this.onResponse(connection, frame);
     connection.whenClosed((reason) => this.onLinkClosed(connection, reason));
     try {
@@ -1040,21 +1059,41 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       if (page >= connectorResumePagesMax) throw new Error(`more than ${connectorResumePagesMax} pages of missed events in one resume`);
       const reply = await connection.call({ v: protocolVersion, id: this.allocateId(), type: "events_since", afterSeq: after, limit: pageSizeMax }, this.settings.requestTimeoutMs);
       if (reply.type !== "ok") throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary, reply.retryAfterMs);
-      const data = EventsSincePage.safeParse(reply.data);
-      if (!data.success) throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${data.error.issues[0]?.message}`);
+      // Events of unknown kinds are left out (unknownEventKind); the page still goes on from its last seq.
+      const answer = (reply.data ?? {}) as { events?: unknown };
+      const all = Array.isArray(answer.events) ? (answer.events as { seq?: unknown; event?: unknown }[]) : [];
+      const lastSeq = all.length > 0 ? all[all.length - 1]?.seq : undefined;
+      const known = all.filter((item) => {
+        const kind = unknownEventKind(item?.event);
+        if (kind !== undefined) this.noteUnknownEvent(kind);
+        return kind === undefined;
+      });
+      const data = EventsSincePage.safeParse(Array.isArray(answer.events) ? { ...answer, events: known } : answer);
+      if (!data.success || (all.length > 0 && !Number.isSafeInteger(lastSeq))) {
+        throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${data.error?.issues[0]?.message ?? "an event without a seq"}`);
+      }
       if (connection.closed || this.link !== connection) throw new Error("link lost during the resume");
-      fetched += data.data.events.length;
+      fetched += all.length;
       for (const event of this.sequencer.onResumedPage(data.data.events)) {
         delivered += 1;
         this.deliver(event);
       }
       upTo = Math.max(upTo, data.data.upTo);
-      if (!data.data.more || data.data.events.length === 0) break;
-      after = data.data.events[data.data.events.length - 1].seq;
+      if (!data.data.more || all.length === 0) break;
+      after = lastSeq as number;
     }
     const live = this.sequencer.endResume([], upTo);
     this.logger.info({ server: connection.machine.id, fetched, delivered: delivered + live.length, upTo }, "resumed push events");
     for (const event of live) this.deliver(event);
+  }
+
+  /** Kinds of pushed events skipped so far, each logged once. */
+  private readonly unknownEventKinds = new Set<string>();
+
+  private noteUnknownEvent(kind: string): void {
+    if (this.unknownEventKinds.has(kind)) return;
+    this.unknownEventKinds.add(kind);
+    this.logger.warn({ kind }, "skipping push events of a kind this client does not know (a newer server?)");
   }
 
   private onPush(link: FrameConnection, frame: EventFrame): void {

@@ -387,6 +387,9 @@ describe("connector decisions (no I/O)", () => {
   });
 });
 
+/** The frames a scripted server sends for one request (its answer and any pushes after it), or none. */
+type Answer = (request: Record<string, any>, socket: net.Socket) => Record<string, unknown> | Record<string, unknown>[] | null;
+
 /**
  * A server that speaks the frame protocol but answers as `answer` says: for the connector's
  * handling of answers no real server gives. Real TCP on 127.0.0.1, port 0.
@@ -396,7 +399,7 @@ class ScriptedServer {
   private readonly server: net.Server;
   port = 0;
 
-  private constructor(answer: (request: Record<string, any>) => Record<string, unknown> | null) {
+  private constructor(answer: Answer) {
     this.server = net.createServer((socket) => {
       this.sockets.add(socket);
       socket.on("close", () => this.sockets.delete(socket));
@@ -406,14 +409,14 @@ class ScriptedServer {
         const lines = (tail + data.toString("utf8")).split("\n");
         tail = lines.pop()!;
         for (const line of lines) {
-          const reply = answer(JSON.parse(line));
-          if (reply) socket.write(`${JSON.stringify(reply)}\n`);
+          const reply = answer(JSON.parse(line), socket);
+          for (const frame of Array.isArray(reply) ? reply : reply ? [reply] : []) socket.write(`${JSON.stringify(frame)}\n`);
         }
       });
     });
   }
 
-  static async start(answer: (request: Record<string, any>) => Record<string, unknown> | null): Promise<ScriptedServer> {
+  static async start(answer: Answer): Promise<ScriptedServer> {
     const scripted = new ScriptedServer(answer);
     await new Promise<void>((resolve) => scripted.server.listen(0, "127.0.0.1", resolve));
     scripted.port = (scripted.server.address() as net.AddressInfo).port;
@@ -463,5 +466,51 @@ describe("ClientConnector against answers no real server gives", () => {
     await expect(connector.login("alice", password)).rejects.toMatchObject({ code: errorCodes.BAD_RESPONSE });
     await expect(connector.history("#general")).rejects.toMatchObject({ code: errorCodes.BAD_RESPONSE });
     await expect(connector.post("general", "hi")).rejects.toMatchObject({ code: errorCodes.NOT_LOGGED_IN });
+  });
+
+  it("push events of a kind it does not know (a newer server) are skipped, live and in a resume, and the link stays up", async () => {
+    const message = (id: number) => ({ kind: "message", message: { id, conversation: "#general", from: "bob", body: `m${id}`, ts: 1 } });
+    const event = (seq: number, body: Record<string, unknown>) => ({ v: 1, type: "event", seq, event: body });
+    let auths = 0;
+    let resumedAfter: number | undefined;
+    const server = await ScriptedServer.start((request, socket) => {
+      if (request.type === "hello" || request.type === "ping") return { v: 1, type: "ok", id: request.id, data: { ...status("primary", 1), protocol: 1 } };
+      if (request.type === "login") {
+        const ok = { v: 1, type: "ok", id: request.id, data: { username: "alice", token: "t1", seq: 4, unread: { conversations: [], undelivered: 0 } } };
+        return [ok, event(5, { kind: "poll_created", poll: 1 }), event(6, message(6))];
+      }
+      if (request.type === "auth") {
+        auths += 1;
+        return { v: 1, type: "ok", id: request.id, data: { username: "alice", token: "t1", seq: 6, unread: { conversations: [], undelivered: 0 } } };
+      }
+      if (request.type === "events_since") {
+        resumedAfter = request.afterSeq;
+        return { v: 1, type: "ok", id: request.id, data: { events: [{ seq: 7, event: message(7) }, { seq: 8, event: { kind: "poll_closed" } }], more: false, upTo: 8 } };
+      }
+      if (request.type === "post") {
+        // The link drops after this answer, so the connector reconnects and resumes.
+        setTimeout(() => socket.destroy(), 20);
+        return { v: 1, type: "ok", id: request.id, data: { message: message(9).message } };
+      }
+      return { v: 1, type: "error", id: request.id, code: "CHAT_ERR_BAD_REQUEST", message: "not scripted" };
+    });
+    scripted.push(server);
+    const connector = new ClientConnector({ machines: [{ id: 1, host: "127.0.0.1", clientPort: server.port, peerPort: 1 }], clusterSecret: "unused-secret" }, { logger: quiet, retryBackoffMinMs: 5, retryBackoffMaxMs: 20 });
+    connectors.push(connector);
+    const seen: number[] = [];
+    connector.on("event", (pushed: ChatEvent) => seen.push(pushed.seq));
+    await connector.connect();
+    await connector.login("alice", password);
+    await waitUntil(() => seen.includes(6), 5000, "the known live event");
+    expect(seen).toEqual([6]);
+    expect(connector.state).toBe("ready");
+    await connector.post("general", "hi");
+    await waitUntil(() => seen.includes(7), 10000, "the known event of the resume");
+    expect(resumedAfter).toBe(5);
+    await sleep(200);
+    // One reconnect, one resume: the unknown events neither closed the link nor came back.
+    expect(auths).toBe(1);
+    expect(seen).toEqual([6, 7]);
+    expect(connector.state).toBe("ready");
   });
 });
