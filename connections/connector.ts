@@ -354,7 +354,8 @@ class FrameConnection {
       return this.close("server sent a frame that is not JSON");
     }
     const frameFields = raw as { type?: unknown; event?: unknown } | null;
-    if (frameFields?.type === "event" && unknownEventKind(frameFields.event) !== undefined) return this.onUnknownEvent(unknownEventKind(frameFields.event)!);
+    const unknownKind = frameFields?.type === "event" ? unknownEventKind(frameFields.event) : undefined;
+    if (unknownKind !== undefined) return this.onUnknownEvent(unknownKind);
     const parsed = ServerFrame.safeParse(raw);
     if (!parsed.success) {
       this.logger.warn({ server: this.machine.id, issues: parsed.error.issues.slice(0, 3) }, "server frame does not match the protocol");
@@ -501,7 +502,9 @@ const clientIdPattern = /^[A-Za-z0-9_-]{8,64}$/;
 /** Requests the connector sends itself; the application cannot. */
 const connectorOwnedTypes = new Set<RequestType>(["hello", "events_since"]);
 
-const EventsSincePage = z.object({ events: z.array(ChatEvent), more: z.boolean(), upTo: z.number().int() });
+/** An events_since page; each event is checked once those of unknown kinds are left out (unknownEventKind). */
+const EventsSincePage = z.object({ events: z.array(z.object({ seq: z.number().int(), event: z.unknown() })), more: z.boolean(), upTo: z.number().int() });
+const KnownEvents = z.array(ChatEvent);
 
 /** The event kinds this connector knows; a newer server may push others. */
 const knownEventKinds: ReadonlySet<string> = new Set(EventBody.options.map((option) => option.shape.kind.value));
@@ -1059,28 +1062,21 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
       if (page >= connectorResumePagesMax) throw new Error(`more than ${connectorResumePagesMax} pages of missed events in one resume`);
       const reply = await connection.call({ v: protocolVersion, id: this.allocateId(), type: "events_since", afterSeq: after, limit: pageSizeMax }, this.settings.requestTimeoutMs);
       if (reply.type !== "ok") throw new ServerError(reply.code as ErrorCode, reply.message, reply.primary, reply.retryAfterMs);
-      // Events of unknown kinds are left out (unknownEventKind); the page still goes on from its last seq.
-      const answer = (reply.data ?? {}) as { events?: unknown };
-      const all = Array.isArray(answer.events) ? (answer.events as { seq?: unknown; event?: unknown }[]) : [];
-      const lastSeq = all.length > 0 ? all[all.length - 1]?.seq : undefined;
-      const known = all.filter((item) => {
-        const kind = unknownEventKind(item?.event);
-        if (kind !== undefined) this.noteUnknownEvent(kind);
-        return kind === undefined;
-      });
-      const data = EventsSincePage.safeParse(Array.isArray(answer.events) ? { ...answer, events: known } : answer);
-      if (!data.success || (all.length > 0 && !Number.isSafeInteger(lastSeq))) {
-        throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${data.error?.issues[0]?.message ?? "an event without a seq"}`);
+      const answer = EventsSincePage.safeParse(reply.data);
+      const known = answer.success ? KnownEvents.safeParse(answer.data.events.filter((item) => !this.skipsUnknownEvent(item.event))) : undefined;
+      if (!answer.success || !known?.success) {
+        throw new ChatError(errorCodes.BAD_RESPONSE, `events_since answer does not match the protocol: ${(answer.error ?? known?.error)?.issues[0]?.message}`);
       }
       if (connection.closed || this.link !== connection) throw new Error("link lost during the resume");
-      fetched += all.length;
-      for (const event of this.sequencer.onResumedPage(data.data.events)) {
+      fetched += answer.data.events.length;
+      for (const event of this.sequencer.onResumedPage(known.data)) {
         delivered += 1;
         this.deliver(event);
       }
-      upTo = Math.max(upTo, data.data.upTo);
-      if (!data.data.more || all.length === 0) break;
-      after = lastSeq as number;
+      upTo = Math.max(upTo, answer.data.upTo);
+      // The next page goes on from this one's last seq, whatever its kind.
+      if (!answer.data.more || answer.data.events.length === 0) break;
+      after = answer.data.events[answer.data.events.length - 1].seq;
     }
     const live = this.sequencer.endResume([], upTo);
     this.logger.info({ server: connection.machine.id, fetched, delivered: delivered + live.length, upTo }, "resumed push events");
@@ -1094,6 +1090,13 @@ export class ClientConnector extends EventEmitter<ConnectorEvents> {
     if (this.unknownEventKinds.has(kind)) return;
     this.unknownEventKinds.add(kind);
     this.logger.warn({ kind }, "skipping push events of a kind this client does not know (a newer server?)");
+  }
+
+  /** True for an event of a kind this connector does not know, which it then skips. */
+  private skipsUnknownEvent(event: unknown): boolean {
+    const kind = unknownEventKind(event);
+    if (kind !== undefined) this.noteUnknownEvent(kind);
+    return kind !== undefined;
   }
 
   private onPush(link: FrameConnection, frame: EventFrame): void {

@@ -38,8 +38,8 @@ export const unreadCountMax = 1000;
 /**
  * A read_undelivered page stops once its bodies hold this many characters (UTF-16 code units; always
  * at least one message), whatever its limit: the call is a replicated write whose response is logged,
- * and 500 messages of 4,000 characters made one command of ~2 MB that held a turn of every server for
- * 100-250 ms, past freezeDetectMs. 500 messages of 256 characters fit, as ever; `remaining` says more wait.
+ * and 500 messages of 4,000 characters made one command of ~2 MB: one turn of every server, which the
+ * bound on a turn's work (transactionLogBytesMax) cannot split (architecture.md §8.1). 500 messages of 256 characters fit, as ever; `remaining` says more wait.
  */
 export const undeliveredPageCharsMax = 256 * 1024;
 export const defaultChannels: readonly string[] = ["general", "random"];
